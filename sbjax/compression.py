@@ -82,7 +82,7 @@ def fraction_for(
     fraction = (c.total / compression - c.unprunable) / c.prunable
     if fraction <= 0.0:
         raise CompressionError(
-            f"compression {compression:g} is beyond the largest reachable compression "
+            f"compression {compression:g} is at or beyond the largest reachable compression "
             f"{max_compression(params, selection):.4g} (N_total={c.total}, N_unprunable={c.unprunable})"
         )
     return min(fraction, 1.0)

@@ -1,0 +1,85 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from sbjax import threshold
+
+
+def test_ties_are_broken_by_flattened_order_across_leaves():
+    scores = {"a": jnp.array([1.0, 2.0, 2.0]), "b": jnp.array([[2.0, 0.0], [2.0, 3.0]])}
+    keep = threshold.global_keep(scores, 3 / 7)  # k = 3: the 3.0, then the first two 2.0s
+    np.testing.assert_array_equal(keep["a"], [False, True, True])
+    np.testing.assert_array_equal(keep["b"], [[False, False], [False, True]])
+
+
+def test_all_equal_scores_keep_the_first_k():
+    keep = threshold.layer_keep({"w": jnp.zeros(10)}, 0.3)["w"]
+    np.testing.assert_array_equal(keep, [True] * 3 + [False] * 7)
+
+
+@pytest.mark.parametrize("fraction, expected", [(0.0, 0), (1e-6, 0), (0.04, 0), (0.05, 0), (0.06, 1), (0.5, 5), (1.0, 10)])
+def test_keep_count_rounds_half_to_even_like_python(fraction, expected):
+    assert int(threshold.keep_count(fraction, 10)) == expected == round(fraction * 10)
+    assert int(jax.jit(threshold.keep_count, static_argnums=1)(jnp.float32(fraction), 10)) == expected
+
+
+def test_negative_nan_and_signed_zero_scores_order_like_floats():
+    scores = jnp.array([-1.0, jnp.nan, -0.0, 0.0, jnp.inf, -jnp.inf, 5.0])
+    keep = threshold.layer_keep(scores, 4 / 7)
+    # order: inf, 5, -0 == 0 (tie: first wins), -1, -inf, nan(lowest)
+    np.testing.assert_array_equal(keep, [False, False, True, True, True, False, True])
+
+
+def test_traced_fraction_under_jit_and_vmap_without_retracing():
+    scores = {"a": jnp.arange(10.0), "b": jnp.arange(5.0)}
+    traces = []
+
+    @jax.jit
+    def kept(fraction):
+        traces.append(1)
+        return sum(jnp.sum(v) for v in jax.tree.leaves(threshold.global_keep(scores, fraction)))
+
+    assert [int(kept(jnp.float32(f))) for f in (0.2, 0.6, 1.0)] == [3, 9, 15]
+    assert len(traces) == 1
+    counts = jax.vmap(lambda f: jax.tree.map(jnp.sum, threshold.layer_keep(scores, f)))(jnp.array([0.2, 0.5, 1.0]))
+    np.testing.assert_array_equal(counts["a"], [2, 5, 10])
+    np.testing.assert_array_equal(counts["b"], [1, 2, 5])  # round(2.5) == 2
+
+
+floats = hnp.arrays(
+    np.float32,
+    hnp.array_shapes(min_dims=1, max_dims=3, max_side=6),
+    elements=st.sampled_from([0.0, 1.0, -1.0, 0.5, 2.0, 3.25]) | st.floats(-1e6, 1e6, width=32),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=floats, b=floats, fraction=st.floats(0.0, 1.0))
+def test_global_selection_laws(a, b, fraction):
+    keep = threshold.global_keep({"a": jnp.asarray(a), "b": jnp.asarray(b)}, fraction)
+    flat_scores = np.concatenate([a.ravel(), b.ravel()])
+    flat_keep = np.concatenate([np.asarray(keep["a"]).ravel(), np.asarray(keep["b"]).ravel()])
+    k = round(fraction * flat_scores.size)
+    # exact count
+    assert flat_keep.sum() == k
+    # every kept score >= every dropped score
+    if 0 < k < flat_scores.size:
+        assert flat_scores[flat_keep].min() >= flat_scores[~flat_keep].max()
+    # the reference: a stable sort by descending score keeps the first k
+    order = np.argsort(-flat_scores, kind="stable")
+    expected = np.zeros_like(flat_keep)
+    expected[order[:k]] = True
+    np.testing.assert_array_equal(flat_keep, expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(a=floats, fraction=st.floats(0.0, 1.0))
+def test_layer_selection_is_monotone_in_fraction(a, fraction):
+    small = np.asarray(threshold.layer_keep(jnp.asarray(a), fraction * 0.5))
+    large = np.asarray(threshold.layer_keep(jnp.asarray(a), fraction))
+    assert small.sum() == round(fraction * 0.5 * a.size) and large.sum() == round(fraction * a.size)
+    assert not (small & ~large).any()  # keeping less never keeps anything new
