@@ -67,7 +67,8 @@ def stratified_split(labels: np.ndarray, val_size: int | float, seed: int = 0) -
     n = len(labels)
     count = round(val_size * n) if isinstance(val_size, float) else int(val_size)
     if not 0 <= count < n or (isinstance(val_size, float) and not 0 <= val_size < 1):
-        raise ValueError(f"val_size {val_size!r} must be a count in [0, {n}) or a fraction in [0, 1)")
+        raise ValueError(f"val_size {val_size!r} must be a count in [0, {n}) or a fraction in [0, 1) "
+                         f"that leaves training examples (here {count} of {n})")
     classes, counts = np.unique(labels, return_counts=True)
     exact = counts * count / n
     quota = np.floor(exact).astype(int)

@@ -84,3 +84,29 @@ def epoch_batches(
         fn = make_multi_batch_fn(transform, batch_size)
     for step in range(steps_per_epoch(n, batch_size)):
         yield fn(images, labels, order, keys, epoch, step)
+
+
+@functools.lru_cache(maxsize=32)
+def _make_eval_batch_fn(transform: Transform, batch_size: int) -> BatchFn:
+    def batch(images, labels, start):
+        index = start + jnp.arange(batch_size)
+        valid = index < labels.shape[0]
+        index = jnp.minimum(index, labels.shape[0] - 1)
+        return transform(jax.random.key(0), images[index]), labels[index], valid
+
+    return jax.jit(batch)
+
+
+def eval_batches(
+    images: jax.Array, labels: jax.Array, batch_size: int, transform: Transform
+) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
+    """Yields ``(x, y, valid)`` covering every example once, in order, all of one shape.
+
+    The last batch is padded by repeating the last example; ``valid`` marks the real rows, so
+    sums over batches weighted by ``valid`` are exact over the split (no per-batch averaging).
+    ``transform`` should be an evaluation transform (it gets a fixed key).
+    """
+    n = labels.shape[0]
+    fn = _make_eval_batch_fn(transform, min(batch_size, n))
+    for start in range(0, n, min(batch_size, n)):
+        yield fn(images, labels, start)
