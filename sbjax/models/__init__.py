@@ -1,0 +1,117 @@
+"""sbjax's Flax Linen models and the registry that builds them by name.
+
+Every model takes NHWC float32 inputs, is called as ``model.apply(variables, x, train=False)``
+and returns logits; its variables are ``{"params": ..., "batch_stats": ...}`` (no
+``batch_stats`` for models without batch norm). Train mode (``train=True``) needs
+``mutable=["batch_stats"]`` and, for models with dropout, a ``"dropout"`` rng.
+
+>>> from sbjax import models
+>>> model = models.create("resnet20")
+>>> models.input_shape("resnet20"), models.num_classes("resnet20")
+((32, 32, 3), 10)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sbjax.models.cifar_resnet import CifarResNet
+from sbjax.models.resnet import ResNet
+
+__all__ = ["ModelSpec", "REGISTRY", "abstract_variables", "create", "init", "input_shape", "names", "num_classes", "spec"]
+
+Variables = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """How to build a registered model, and the data it expects by default.
+
+    Attributes:
+        build: ``build(num_classes) -> flax.linen.Module``.
+        num_classes: default number of classes.
+        input_shape: default input ``(height, width, channels)`` of one example.
+        description: one line for listings.
+    """
+
+    build: Callable[[int], nn.Module]
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    description: str
+
+
+_CIFAR = (32, 32, 3)
+_IMAGENET = (224, 224, 3)
+
+
+def _cifar_resnet(depth: int) -> ModelSpec:
+    return ModelSpec(
+        lambda n: CifarResNet(depth, n), 10, _CIFAR, f"CIFAR ResNet-{depth}, option A shortcuts"
+    )
+
+
+def _resnet(depth: int) -> ModelSpec:
+    return ModelSpec(lambda n: ResNet(depth, n), 1000, _IMAGENET, f"torchvision ResNet-{depth}")
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    **{f"resnet{d}": _cifar_resnet(d) for d in (20, 32, 44, 56, 110)},
+    **{f"resnet{d}": _resnet(d) for d in (18, 34, 50)},
+}
+
+
+def names() -> list[str]:
+    """The registered model names, sorted."""
+    return sorted(REGISTRY)
+
+
+def spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` of a registered model; a clear ``ValueError`` for unknown names."""
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}") from None
+
+
+def create(name: str, num_classes: int | None = None) -> nn.Module:
+    """Builds the registered model ``name`` with ``num_classes`` outputs (default: its own)."""
+    model_spec = spec(name)
+    if num_classes is None:
+        num_classes = model_spec.num_classes
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    return model_spec.build(num_classes)
+
+
+def input_shape(name: str) -> tuple[int, int, int]:
+    """The default ``(height, width, channels)`` of one input example of model ``name``."""
+    return spec(name).input_shape
+
+
+def num_classes(name: str) -> int:
+    """The default number of classes of model ``name``."""
+    return spec(name).num_classes
+
+
+def init(
+    name: str, key: jax.Array, num_classes: int | None = None, shape: tuple[int, int, int] | None = None
+) -> tuple[nn.Module, Variables]:
+    """Builds model ``name`` and initializes its variables from ``key`` on a batch of one."""
+    model = create(name, num_classes)
+    x = jnp.zeros((1, *(shape or input_shape(name))), jnp.float32)
+    return model, model.init(key, x, train=False)
+
+
+def abstract_variables(
+    name: str, num_classes: int | None = None, shape: tuple[int, int, int] | None = None
+) -> Variables:
+    """The variables' shapes and dtypes (``jax.ShapeDtypeStruct`` leaves), computing nothing."""
+    model = create(name, num_classes)
+    x = jax.ShapeDtypeStruct((1, *(shape or input_shape(name))), jnp.float32)
+    return jax.eval_shape(lambda k, x: model.init(k, x, train=False), jax.random.key(0), x)
