@@ -7,7 +7,8 @@ convolutions together. ``conv_general_dilated`` here is a ``jax.custom_vjp`` who
 sends the saved input through a *fusion fence* before the kernel gradient: a ``lax.cond`` on a
 runtime predicate that is always true, whose branches differ (identity, multiply by zero), so
 XLA can neither fold it nor fuse across it. (``lax.optimization_barrier`` is expanded before
-fusion on XLA:CPU and does not help.)
+fusion on XLA:CPU and does not help.) The fence is only lowered on CPU
+(``lax.platform_dependent``); on GPU/TPU the backward pass is JAX's usual one.
 
 Forward, input gradient and kernel gradient are computed by the very ops JAX's own autodiff of
 ``lax.conv_general_dilated`` uses, so results are bitwise identical. The forward jaxpr holds a
@@ -29,16 +30,21 @@ __all__ = ["conv_general_dilated", "fence"]
 
 
 def fence(x: jax.Array, token: jax.Array) -> jax.Array:
-    """Returns ``x`` unchanged, through an op XLA cannot fuse across.
+    """Returns ``x`` unchanged, through an op XLA cannot fuse across (on CPU; elsewhere as is).
 
     Args:
         x: any array.
         token: a scalar only known at run time (its bits decide a predicate that is always
             true, which keeps XLA from folding the ``cond`` away).
     """
-    bits = lax.bitcast_convert_type(token, jnp.dtype(f"uint{8 * token.dtype.itemsize}"))
-    always = (bits | 1) != 0
-    return lax.cond(always, lambda a: a, lambda a: a * jnp.zeros((), a.dtype), x)
+
+    def fenced(a, t):
+        bits = lax.bitcast_convert_type(t, jnp.dtype(f"uint{8 * t.dtype.itemsize}"))
+        always = (bits | 1) != 0
+        return lax.cond(always, lambda b: b, lambda b: b * jnp.zeros((), b.dtype), a)
+
+    # Only XLA:CPU needs it; elsewhere a conditional could cost a device-to-host sync.
+    return lax.platform_dependent(x, token, cpu=fenced, default=lambda a, t: a)
 
 
 def _as_static(value: Any) -> Any:
