@@ -6,8 +6,9 @@ deterministically: the entry earlier in the flattened order wins (leaves in the 
 then row-major order inside a leaf).
 
 No sort is needed. Scores are mapped to unsigned integers that order like the floats, and the
-k-th largest key is found bit by bit (32 counting passes over the scores), so the cost is linear
-in the number of entries, memory stays flat and nothing is concatenated. ``fraction`` may be a
+k-th largest key is found bit by bit (32 counting passes over the keys), so the cost is linear
+in the number of entries. Global selection works on one flat copy of the keys (4 bytes per
+entry), which XLA counts much faster than many separate leaves. ``fraction`` may be a
 Python float (``k`` computed exactly on the host) or a traced array (``k`` computed in float32
 on the device; jit and vmap over fractions work without retracing). NaN scores count as the
 lowest possible score.
@@ -19,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 __all__ = ["global_keep", "keep_count", "layer_keep", "sortable_keys"]
@@ -35,46 +37,40 @@ def keep_count(fraction: Any, n: int) -> jax.Array:
 
 
 def sortable_keys(scores: jax.Array) -> jax.Array:
-    """uint32 keys that order exactly like the float32 ``scores`` (NaN lowest, -0 equal to +0)."""
-    x = jnp.asarray(scores).astype(jnp.float32)
-    x = jnp.where(jnp.isnan(x), -jnp.inf, x)
-    x = jnp.where(x == 0, 0.0, x)
-    bits = lax.bitcast_convert_type(x, jnp.uint32)
+    """uint32 keys that order exactly like the float32 ``scores`` (NaN lowest, -0 equal to +0).
+
+    Works on the bits only: float comparisons on XLA:CPU flush subnormals to zero.
+    """
+    bits = lax.bitcast_convert_type(jnp.asarray(scores).astype(jnp.float32), jnp.uint32)
+    magnitude = bits & jnp.uint32(0x7FFFFFFF)
     negative = (bits >> 31) == 1
-    return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
+    keys = jnp.where(negative, ~magnitude & jnp.uint32(0x7FFFFFFF), magnitude | jnp.uint32(0x80000000))
+    keys = jnp.where(magnitude == 0, jnp.uint32(0x80000000), keys)  # -0 == +0
+    return jnp.where(magnitude > jnp.uint32(0x7F800000), jnp.uint32(0), keys)  # NaN lowest
 
 
-def _kth_largest(keys: list[jax.Array], k: jax.Array) -> jax.Array:
-    """The k-th largest key over all arrays (k >= 1); for k == 0, the largest possible key."""
+def _kth_largest(keys: jax.Array, k: jax.Array) -> jax.Array:
+    """The k-th largest of the flat uint32 ``keys`` (k >= 1); for k == 0, the largest possible key."""
 
     def step(i, t):
         candidate = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
-        count = sum(jnp.sum(key >= candidate, dtype=jnp.int32) for key in keys)
-        return jnp.where(count >= k, candidate, t)
+        return jnp.where(jnp.sum(keys >= candidate, dtype=jnp.int32) >= k, candidate, t)
 
     return lax.fori_loop(0, 32, step, jnp.uint32(0))
 
 
-def _select(keys: list[jax.Array], k: jax.Array) -> list[jax.Array]:
-    """Boolean keep-arrays with exactly ``k`` True entries over all of ``keys``."""
+def _select(keys: jax.Array, k: jax.Array) -> jax.Array:
+    """A flat boolean keep-array with exactly ``k`` True entries: the largest keys, ties by index."""
     t = _kth_largest(keys, k)
-    above = [key > t for key in keys]
-    ties = [key == t for key in keys]
-    need = k - sum(jnp.sum(a, dtype=jnp.int32) for a in above)
-    n_ties = sum(jnp.sum(tie, dtype=jnp.int32) for tie in ties)
+    above, ties = keys > t, keys == t
+    need = k - jnp.sum(above, dtype=jnp.int32)
 
     def first_ties(ties):
-        # Rank each tie in the global flattened order and keep the first `need`.
-        kept, offset = [], jnp.int32(0)
-        for tie in ties:
-            flat = tie.reshape(-1).astype(jnp.int32)
-            rank = jnp.cumsum(flat) - 1 + offset
-            kept.append(((rank < need) & (flat == 1)).reshape(tie.shape))
-            offset = offset + jnp.sum(flat)
-        return kept
+        rank = jnp.cumsum(ties, dtype=jnp.int32)  # 1-based rank of each tie in flattened order
+        return ties & (rank <= need)
 
-    kept_ties = lax.cond(n_ties == need, lambda ties: ties, first_ties, ties)
-    return [a | tie for a, tie in zip(above, kept_ties)]
+    kept_ties = lax.cond(jnp.sum(ties, dtype=jnp.int32) == need, lambda ties: ties, first_ties, ties)
+    return above | kept_ties
 
 
 def global_keep(scores: Scores, fraction: Any) -> Any:
@@ -93,8 +89,13 @@ def global_keep(scores: Scores, fraction: Any) -> Any:
     leaves, treedef = jax.tree.flatten(scores)
     if not leaves:
         return scores
-    k = keep_count(fraction, sum(leaf.size for leaf in leaves))
-    return jax.tree.unflatten(treedef, _select([sortable_keys(s) for s in leaves], k))
+    # One flat copy of the keys: a single pass per bit is much faster than one per leaf.
+    keys = jnp.concatenate([sortable_keys(leaf).ravel() for leaf in leaves])
+    keep = _select(keys, keep_count(fraction, keys.size))
+    ends = np.cumsum([leaf.size for leaf in leaves])
+    return jax.tree.unflatten(
+        treedef, [part.reshape(leaf.shape) for part, leaf in zip(jnp.split(keep, ends[:-1]), leaves)]
+    )
 
 
 def layer_keep(scores: Scores, fraction: Any) -> Any:
@@ -104,5 +105,5 @@ def layer_keep(scores: Scores, fraction: Any) -> Any:
     {'a': Array([ True, False], dtype=bool), 'b': Array([ True, False, False], dtype=bool)}
     """
     return jax.tree.map(
-        lambda s: _select([sortable_keys(s)], keep_count(fraction, s.size))[0], scores
+        lambda s: _select(sortable_keys(s).ravel(), keep_count(fraction, s.size)).reshape(s.shape), scores
     )

@@ -34,6 +34,11 @@ def test_negative_nan_and_signed_zero_scores_order_like_floats():
     np.testing.assert_array_equal(keep, [False, False, True, True, True, False, True])
 
 
+def test_subnormal_scores_are_not_flushed_to_zero():
+    keep = jax.jit(threshold.layer_keep)(jnp.array([0.0, 1e-45, -1e-45, 0.0]), 0.25)
+    np.testing.assert_array_equal(keep, [False, True, False, False])
+
+
 def test_traced_fraction_under_jit_and_vmap_without_retracing():
     scores = {"a": jnp.arange(10.0), "b": jnp.arange(5.0)}
     traces = []
