@@ -17,7 +17,7 @@ from sbjax.scoring import cross_entropy, scoring_inputs
 from sbjax.selection import Selection, prunable, prunable_paths, weight_layers
 from sbjax.strategies import global_mask, layer_mask, map_prunable, map_prunable_with_path
 from sbjax.threshold import global_keep, keep_count, layer_keep
-from sbjax import strategies
+from sbjax import models, strategies
 
 __version__ = "0.1.0"
 
@@ -46,6 +46,7 @@ __all__ = [
     "map_prunable",
     "map_prunable_with_path",
     "max_compression",
+    "models",
     "ones_like",
     "prunable",
     "prunable_paths",
