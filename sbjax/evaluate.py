@@ -54,3 +54,57 @@ def evaluate(
         totals = {k: totals[k] + np.asarray(sums[k]).item() for k in totals}
     n = totals["count"]
     return {"top1": totals["top1"] / n, "top5": totals["top5"] / n, "loss": totals["loss"] / n, "count": n}
+
+
+def evaluate_model(
+    model_name: str,
+    variables: Mapping[str, object],
+    dataset: str,
+    *,
+    split: str = "test",
+    data_dir: str | None = None,
+    tfds_data_dir: str | None = None,
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    batch_size: int = 500,
+    verbose: bool = True,
+) -> dict[str, object]:
+    """Evaluates registered model ``model_name`` with ``variables`` on a dataset split.
+
+    Args:
+        model_name: A name of :func:`sbjax.models.names`.
+        variables: ``{"params": ..., "batch_stats": ...}`` of that model.
+        dataset: A dataset name (see :func:`sbjax.data.load`).
+        split: ``"test"`` for reported numbers, ``"validation"`` for model selection.
+        data_dir: A local folder or archive, if not from TFDS or embedded.
+        tfds_data_dir: TFDS's data directory.
+        normalization: The checkpoint's own ``(mean, std)``; wins over the dataset's default.
+        batch_size: Examples per forward pass.
+        verbose: Print decoding progress.
+
+    Returns:
+        ``top1``, ``top5``, ``loss`` and ``count`` (as :func:`evaluate`), with ``model``,
+        ``dataset``, ``split``, and the ``mean`` and ``std`` used.
+    """
+    from sbjax import data, models, train
+
+    split_data = data.load(dataset, split, data_dir=data_dir, tfds_data_dir=tfds_data_dir, verbose=verbose)
+    spec = data.get_spec(dataset, local=data_dir is not None)
+    mean, std = data.resolve_normalization((split_data.mean, split_data.std), normalization)
+    model = models.create(model_name, split_data.num_classes)
+    _check_fits(model, variables, split_data, spec.image_size if spec.augmentation == "imagenet" else None)
+    eval_step = train.make_eval_step(train.make_predict_fn(model))
+    scores = evaluate(eval_step, variables, split_data, mean=mean, std=std, augmentation=spec.augmentation,
+                      image_size=spec.image_size, batch_size=batch_size)
+    return {"model": model_name, "dataset": dataset, "split": split, **scores, "mean": mean, "std": std}
+
+
+def _check_fits(model: object, variables: Mapping[str, object], data: ImageData, side: int | None) -> None:
+    """Raises a one-line ``ValueError`` if the variables do not take this data's inputs and classes."""
+    shape = (1, side, side, data.images.shape[-1]) if side else (1, *data.images.shape[1:])
+    try:
+        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, jax.ShapeDtypeStruct(shape, "float32"))
+    except Exception as error:  # flax raises several kinds of shape errors
+        raise ValueError(
+            f"the model's variables do not fit inputs of shape {shape[1:]} with {data.num_classes} classes "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+        ) from None

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from sbjax.data import ImageData, normalize
 from sbjax.evaluate import evaluate
@@ -42,3 +43,12 @@ def test_evaluate_equals_full_split_computation():
     assert result["count"] == 103
     assert result["top1"] == np.mean(logits.argmax(1) == y) and result["top5"] == top5
     np.testing.assert_allclose(result["loss"], loss, rtol=1e-5)
+
+
+def test_evaluate_model_rejects_variables_that_do_not_fit_the_data():
+    from sbjax import models
+    from sbjax.evaluate import evaluate_model
+
+    variables = models.abstract_variables("resnet20")
+    with pytest.raises(ValueError, match=r"do not fit inputs of shape \(28, 28, 1\) with 10 classes"):
+        evaluate_model("resnet20", variables, "mnist5k", verbose=False)
