@@ -31,9 +31,30 @@ def test_cifar_resnet_parity(depth):
     assert _parity(f"resnet{depth}", torch_reference.cifar_resnet(depth), (32, 32, 3)) <= TOL
 
 
-@pytest.mark.parametrize("name, shape", [("resnet18", (64, 64, 3)), ("resnet50", (64, 64, 3))])
-def test_torchvision_resnet_parity(name, shape):
+@pytest.mark.parametrize(
+    "name, shape",
+    [
+        ("resnet18", (64, 64, 3)),
+        ("resnet50", (64, 64, 3)),
+        ("vgg16_bn", (32, 32, 3)),  # 1x1 features, replicated to 7x7 by the adaptive pool
+        ("vgg16_bn", (80, 80, 3)),  # 2x2 features: uneven adaptive-pool bins
+        ("mobilenet_v2", (64, 64, 3)),
+    ],
+)
+def test_torchvision_parity(name, shape):
     assert _parity(name, getattr(torchvision.models, name)(), shape) <= TOL
+
+
+def test_cifar_vgg_parity():
+    assert _parity("vgg_bn_drop", torch_reference.VGGBnDrop(), (32, 32, 3)) <= TOL
+
+
+def test_mnistnet_parity():
+    assert _parity("mnistnet", torch_reference.MnistNet(), (28, 28, 1)) <= TOL
+
+
+def test_mlp_parity():
+    assert _parity("mlp", torch_reference.MLP(), (28, 28, 1)) <= TOL
 
 
 def test_parity_with_a_different_number_of_classes():

@@ -22,7 +22,11 @@ import jax
 import jax.numpy as jnp
 
 from sbjax.models.cifar_resnet import CifarResNet
+from sbjax.models.cifar_vgg import CifarVGG
+from sbjax.models.mnist import MLP, MnistNet
+from sbjax.models.mobilenet import MobileNetV2
 from sbjax.models.resnet import ResNet
+from sbjax.models.vgg import VGG
 
 __all__ = ["ModelSpec", "REGISTRY", "abstract_variables", "create", "init", "input_shape", "names", "num_classes", "spec"]
 
@@ -47,6 +51,7 @@ class ModelSpec:
 
 
 _CIFAR = (32, 32, 3)
+_MNIST = (28, 28, 1)
 _IMAGENET = (224, 224, 3)
 
 
@@ -63,6 +68,11 @@ def _resnet(depth: int) -> ModelSpec:
 REGISTRY: dict[str, ModelSpec] = {
     **{f"resnet{d}": _cifar_resnet(d) for d in (20, 32, 44, 56, 110)},
     **{f"resnet{d}": _resnet(d) for d in (18, 34, 50)},
+    "vgg_bn_drop": ModelSpec(CifarVGG, 10, _CIFAR, "CIFAR-VGG with batch norm and dropout (Zagoruyko 2015)"),
+    "mnistnet": ModelSpec(MnistNet, 10, _MNIST, "ShrinkBench's MnistNet: two 5x5 convs, two dense layers"),
+    "mlp": ModelSpec(MLP, 10, _MNIST, "LeNet-300-100: dense 300, dense 100, classifier"),
+    "vgg16_bn": ModelSpec(VGG, 1000, _IMAGENET, "torchvision VGG-16 with batch norm"),
+    "mobilenet_v2": ModelSpec(MobileNetV2, 1000, _IMAGENET, "torchvision MobileNetV2 (depthwise convolutions)"),
 }
 
 
