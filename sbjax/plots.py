@@ -1,0 +1,109 @@
+"""SHELL: accuracy trade-off plots of a sweep, and the evaluation report card.
+
+The unpruned reference (compression 1, strategy ``"none"``) is evaluated once per model and
+seed and starts every strategy's curve. Lines are means over seeds with standard-deviation error
+bars; x axes are log2; one panel per (model, dataset).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from sbjax.results import summarize  # noqa: E402
+
+__all__ = ["REFERENCE", "plot_sweep", "report_card"]
+
+REFERENCE = "none"
+X_AXES = {"compression": "real_compression_mean", "speedup": "speedup_mean"}
+
+
+def _curves(summary: pd.DataFrame) -> pd.DataFrame:
+    """Each strategy's summary rows, with the shared reference row prepended to each."""
+    reference = summary[summary["strategy"] == REFERENCE]
+    parts = []
+    for strategy in sorted(set(summary["strategy"]) - {REFERENCE}):
+        ref = reference.assign(strategy=strategy)
+        parts += [ref, summary[summary["strategy"] == strategy]]
+    return pd.concat(parts, ignore_index=True) if parts else summary.iloc[0:0]
+
+
+def _panel(ax, curves: pd.DataFrame, x: str, y: str, delta: float | None) -> None:
+    for strategy, rows in curves.groupby("strategy", sort=True):
+        rows = rows.sort_values(x)
+        values = rows[f"{y}_mean"] - (delta or 0.0)
+        ax.errorbar(rows[x], values, yerr=rows[f"{y}_std"].fillna(0.0), marker="o", ms=3, capsize=2, label=strategy)
+    ax.set_xscale("log", base=2)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def plot_sweep(frame: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str = "top1") -> list[Path]:
+    """Writes accuracy-vs-compression and accuracy-vs-speedup plots (and the change variant).
+
+    Returns the written files: ``{metric}_vs_{compression,speedup}[_change].{png,svg}``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(frame)
+    panels = sorted(summary.groupby(["model", "dataset"]).groups)
+    written = []
+    for axis, x in X_AXES.items():
+        for change in (False, True):
+            fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+            for ax, (model, dataset) in zip(axes[0], panels):
+                rows = summary[(summary["model"] == model) & (summary["dataset"] == dataset)]
+                ref = rows.loc[rows["strategy"] == REFERENCE, f"{metric}_mean"]
+                delta = float(ref.mean()) if change and len(ref) else None
+                _panel(ax, _curves(rows), x, metric, delta)
+                ax.set_title(f"{model} on {dataset}")
+                ax.set_xlabel("compression (all params / kept)" if axis == "compression" else "theoretical speedup (MACs / kept MACs)")
+                ax.set_ylabel(f"{metric} accuracy change" if change else f"{metric} accuracy")
+            axes[0][-1].legend(fontsize=8)
+            fig.tight_layout()
+            stem = f"{metric}_vs_{axis}" + ("_change" if change else "")
+            for ext in ("png", "svg"):
+                path = out_dir / f"{stem}.{ext}"
+                fig.savefig(path, dpi=120)
+                written.append(path)
+            plt.close(fig)
+    return written
+
+
+def report_card(frame: pd.DataFrame, *, collapse: float = 0.5) -> list[str]:
+    """Checks a sweep against the evaluation checklist; returns the problems found (empty: all good).
+
+    Args:
+        frame: the aggregated results.
+        collapse: accuracy counts as collapsed below ``collapse`` times the reference accuracy.
+    """
+    problems = []
+    if frame.empty:
+        return ["no finished experiments"]
+    for (model, dataset), rows in frame.groupby(["model", "dataset"]):
+        where = f"{model} on {dataset}"
+        strategies = set(rows["strategy"]) - {REFERENCE}
+        if REFERENCE not in set(rows["strategy"]):
+            problems.append(f"{where}: no unpruned reference (compression 1)")
+        for baseline, options in {"random": ("random",), "magnitude": ("global_magnitude", "layer_magnitude")}.items():
+            if not strategies & set(options):
+                problems.append(f"{where}: no {baseline} baseline ({' or '.join(options)})")
+        seeds = rows.groupby("strategy")["seed"].nunique()
+        if (seeds < 2).any():
+            problems.append(f"{where}: fewer than 2 seeds for {sorted(seeds[seeds < 2].index)}")
+        if rows["flops"].isna().any():
+            problems.append(f"{where}: FLOPs missing for some results")
+        if rows["compression"].nunique() < 3:
+            problems.append(f"{where}: fewer than 3 compression ratios")
+        reference = rows.loc[rows["strategy"] == REFERENCE, "top1"].mean()
+        if pd.notna(reference) and not (rows["top1"] < collapse * reference).any():
+            problems.append(
+                f"{where}: no compression reaches collapse (top-1 below {collapse:g} x the reference "
+                f"{reference:.3f}); extend the range"
+            )
+    return problems
