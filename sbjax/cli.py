@@ -30,6 +30,94 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_metrics(subparsers) -> None:
+    p = subparsers.add_parser(
+        "metrics", help="params, compression, MACs/FLOPs, speedup and activation memory of a model (per example)"
+    )
+    p.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
+    p.add_argument("--num-classes", type=int, help="number of classes (default: the model's)")
+    p.add_argument("--input-shape", help="H,W,C of one example, e.g. 224,224,3 (default: the model's)")
+    p.add_argument("--strategy", help="prune with this strategy first (see `sbjax strategies`); needs --compression")
+    p.add_argument("--compression", type=float, help="target compression N_total / N_nonzero for --strategy")
+    p.add_argument(
+        "--seed", type=int, default=0,
+        help="seed of the random init, of random masks and of the random scoring batch (default 0)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=_cmd_metrics)
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise UserError(f"--input-shape {text!r} must be positive integers separated by commas, e.g. 32,32,3")
+    return shape
+
+
+def _strategy_mask(args, model, variables, shape, num_classes):
+    """The mask of ``--strategy`` at ``--compression``; gradient/activation scores use a random batch."""
+    import jax
+
+    from sbjax import compression, scoring, strategies
+
+    strategy = strategies.get(args.strategy)
+    params = variables["params"]
+    fraction = compression.fraction_for(args.compression, params)
+    key = jax.random.fold_in(jax.random.key(args.seed), 1)
+    grads = activations = None
+    if args.strategy in strategies.NEEDS_GRADS | strategies.NEEDS_ACTIVATIONS:
+        kx, ky = jax.random.split(jax.random.fold_in(key, 2))
+        x = jax.random.normal(kx, (_SCORING_BATCH, *shape))
+        y = jax.random.randint(ky, (_SCORING_BATCH,), 0, num_classes)
+        rest = {k: v for k, v in variables.items() if k != "params"}
+        apply_fn = lambda p, x: model.apply({**rest, "params": p}, x, train=False)  # noqa: E731
+        grads, activations = jax.jit(lambda p, x, y: scoring.scoring_inputs(apply_fn, p, x, y))(params, x, y)
+    prune = jax.jit(lambda p, g, f, k, a: strategy(p, g, f, key=k, activations=a))
+    return prune(params, grads, fraction, key, activations)
+
+
+_SCORING_BATCH = 16
+
+
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    import json
+
+    import jax
+    import jax.numpy as jnp
+
+    from sbjax import metrics, models, strategies
+
+    model = models.create(args.model, args.num_classes)
+    shape = _parse_shape(args.input_shape) if args.input_shape else models.input_shape(args.model)
+    num_classes = args.num_classes or models.num_classes(args.model)
+    if (args.strategy is None) != (args.compression is None):
+        raise UserError("--strategy and --compression go together: give both or neither")
+    if args.strategy is not None:
+        strategies.get(args.strategy)  # an unknown name fails before any work
+    if args.strategy is None:  # shapes are all that counting needs: no initialization
+        abstract = models.abstract_variables(args.model, args.num_classes, shape)
+        variables, mask = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract), None
+    else:
+        x = jnp.zeros((1, *shape), jnp.float32)
+        variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(args.seed))
+        mask = _strategy_mask(args, model, variables, shape, num_classes)
+    result = metrics.compute_module(model, variables, mask, shape, train=False)
+    if args.json:
+        header = {
+            "model": args.model, "input_shape": list(shape), "num_classes": num_classes,
+            "strategy": args.strategy, "target_compression": args.compression,
+        }
+        print(json.dumps({**header, **result.to_dict()}))
+    else:
+        pruned = f", {args.strategy} at compression {args.compression:g}" if args.strategy else ""
+        print(f"{args.model} ({','.join(map(str, shape))}, {num_classes} classes{pruned})\n")
+        print(metrics.format_table(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sbjax import __version__
 
@@ -39,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sbjax {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_strategies(subparsers)
+    _add_metrics(subparsers)
     return parser
 
 

@@ -203,6 +203,8 @@ def conv(z_lhs, z_rhs, lhs_shape, rhs_shape, out_shape, params):
         return None
     dn = params["dimension_numbers"]
     live_in = _live_channels(z_lhs, lhs_shape, dn.lhs_spec[1])
+    if z_rhs is None and live_in.all():
+        return None
     weights = ~full(z_rhs, rhs_shape)
     weights = np.transpose(weights, dn.rhs_spec)  # (O, I, spatial...)
     o, i = weights.shape[:2]
@@ -231,10 +233,12 @@ def dot(z_act, z_kernel, act_shape, kernel_shape, out_shape, dimension_numbers, 
             [dead.shape[d] for d in a_contract]
         )
         live = ~np.broadcast_to(dead, [int(act_shape[d]) for d in a_contract])
+    if z_kernel is None and live.any():
+        return None  # every output reads a live input through a live weight
     weights = np.transpose(~full(z_kernel, kernel_shape), list(k_contract) + k_free)
     c = live.size
     free_shape = [int(kernel_shape[d]) for d in k_free]
-    alive = (live.reshape(c).astype(np.int64) @ weights.reshape(c, -1).astype(np.int64)) > 0
+    alive = weights.reshape(c, -1)[live.reshape(c)].any(axis=0)
     dead_out = ~alive.reshape(free_shape)
     ones = [1] * len(a_free)
     target = ones + free_shape if act_is_lhs else free_shape + ones

@@ -1,0 +1,69 @@
+"""The `sbjax metrics` command: JSON keys and values, the table, pruning by strategy, clear errors."""
+
+import json
+
+import pytest
+
+from sbjax import cli
+
+KEYS = {"params_total", "params_nonzero", "compression", "macs", "macs_nonzero", "flops", "speedup", "memory", "layers"}
+
+
+def _json(capsys, *argv):
+    assert cli.main(["metrics", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_json_reference_values(capsys):
+    d = _json(capsys, "--model", "resnet20")
+    assert KEYS <= set(d)
+    assert (d["params_total"], d["macs"], d["flops"], d["speedup"]) == (269_722, 40_551_040, 81_102_080, 1.0)
+    assert d["params_nonzero"] == 269_722 and d["compression"] == 1.0 and d["macs_nonzero"] == 40_551_040
+    assert d["memory"] == 190_528 and d["input_shape"] == [32, 32, 3]
+    assert len(d["layers"]) == 20
+    assert d["layers"][0] == {
+        "name": "conv1/kernel", "kind": "conv", "shape": [3, 3, 3, 16], "params": 432, "nonzero": 432,
+        "macs": 32 * 32 * 16 * 27, "macs_nonzero": 32 * 32 * 16 * 27, "density": 1.0, "calls": 1, "prunable": True,
+    }
+
+
+def test_input_shape_and_num_classes(capsys):
+    d = _json(capsys, "--model", "resnet20", "--input-shape", "16,16,3", "--num-classes", "100")
+    # every conv sees a quarter of the positions; the classifier is 64 x 100
+    assert d["macs"] == (40_551_040 - 640) // 4 + 64 * 100
+    assert d["params_total"] == 269_722 - 650 + 64 * 100 + 100
+
+
+@pytest.mark.parametrize("strategy", ["global_magnitude", "layer_magnitude", "random", "layer_gradient", "global_activation"])
+def test_strategy_and_compression(capsys, strategy):
+    d = _json(capsys, "--model", "mnistnet", "--strategy", strategy, "--compression", "4", "--seed", "3")
+    assert d["strategy"] == strategy and d["target_compression"] == 4.0
+    assert d["compression"] == pytest.approx(4.0, rel=1e-3)
+    assert 1.0 < d["speedup"] and d["macs_nonzero"] < d["macs"]
+    assert sum(row["nonzero"] for row in d["layers"]) < d["params_nonzero"]  # biases are not in the table
+    classifier = d["layers"][-1]
+    assert classifier["density"] == 1.0  # never pruned
+
+
+def test_table(capsys):
+    assert cli.main(["metrics", "--model", "mlp"]) == 0
+    out = capsys.readouterr().out
+    assert "mlp (28,28,1, 10 classes)" in out
+    for text in ("fc1/kernel", "784x300", "MACs nonzero", "266,200", "memory (elements)", "speedup"):
+        assert text in out, text
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--model", "mlp", "--strategy", "global_magnitude"], "--strategy and --compression go together"),
+        (["--model", "mlp", "--input-shape", "28,x"], "--input-shape '28,x'"),
+        (["--model", "mlp", "--strategy", "nope", "--compression", "2"], "unknown strategy 'nope'"),
+        (["--model", "mlp", "--strategy", "random", "--compression", "1e9"], "beyond the largest reachable"),
+    ],
+)
+def test_errors_are_one_line_with_status_2(capsys, argv, message):
+    assert cli.main(["metrics", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
