@@ -141,12 +141,15 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, jit: b
 def correct_counts(logits: jax.Array, y: jax.Array, ks: tuple[int, ...] = (1, 5)) -> tuple[jax.Array, ...]:
     """Per example, whether the label is among the top-k logits, for each k (as int32).
 
-    An example counts as top-k correct when fewer than ``k`` classes score strictly higher than
-    its label (ties resolved in the label's favour, independent of class order).
+    The label's rank is the number of classes that score higher, plus those that score the
+    same and come first: ties go to the lower class index, as ``argmax`` and a stable sort do.
+    (Resolving ties in the label's favour would score a collapsed model whose logits are all
+    equal as 100% accurate.)
     """
     label_logit = jnp.take_along_axis(logits, y[:, None], axis=-1)
-    higher = jnp.sum(logits > label_logit, axis=-1)
-    return tuple((higher < k).astype(jnp.int32) for k in ks)
+    earlier = jnp.arange(logits.shape[-1]) < y[:, None]
+    rank = jnp.sum((logits > label_logit) | ((logits == label_logit) & earlier), axis=-1)
+    return tuple((rank < k).astype(jnp.int32) for k in ks)
 
 
 def make_eval_step(predict_fn: PredictFn, *, jit: bool = True) -> EvalStep:

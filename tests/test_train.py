@@ -122,12 +122,12 @@ def test_correct_counts_top1_top5_with_ties():
         [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],   # label 6: rank 0
         [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],   # label 2: 4 higher -> top5 only
         [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],   # label 1: 5 higher -> neither
-        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],   # all tied: counts as correct
-        [9.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0],   # tie at the top, label 1
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],   # all tied, label 3: classes 0-2 come first -> top5 only
+        [9.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0],   # tie at the top, label 1: class 0 comes first
     ])
     y = jnp.array([6, 2, 1, 3, 1])
     top1, top5 = correct_counts(logits, y)
-    assert top1.tolist() == [1, 0, 0, 1, 1] and top5.tolist() == [1, 1, 0, 1, 1]
+    assert top1.tolist() == [1, 0, 0, 0, 0] and top5.tolist() == [1, 1, 0, 1, 1]
 
 
 def test_eval_sums_over_padded_batches_are_exact_over_the_split(tiny):
