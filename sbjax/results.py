@@ -101,6 +101,13 @@ class Store:
         if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
             raise ResultsError(f"results folder {str(self.root)!r} is not readable and writable")
 
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> Store:
+        """An existing results folder; a clear error if there is none (nothing is created)."""
+        if not Path(root).is_dir():
+            raise ResultsError(f"no results folder {str(root)!r}; expected a folder written by `sbjax run`")
+        return cls(root)
+
     def folder(self, experiment_id: str) -> Path:
         return self.root / experiment_id
 

@@ -1,0 +1,196 @@
+"""Experiment and sweep configurations: frozen dataclasses, shipped JSON files, ``key=value`` overrides.
+
+An experiment's identity is a hash of its full configuration: the same configuration always
+gets the same id (so a rerun finds and skips it), and any change gives a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "ExperimentConfig", "SweepConfig", "load_sweep", "parse_set", "shipped"]
+
+REFERENCE = "none"  # the strategy name of the unpruned reference (compression 1)
+FINETUNE_KEYS = ("batch_size", "epochs", "steps_per_epoch", "optimizer", "lr", "momentum", "nesterov",
+                 "weight_decay", "patience")  # fmt: skip
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the value and what was expected."""
+
+
+def _freeze(mapping: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
+    items = dict(mapping.items() if isinstance(mapping, Mapping) else mapping)
+    unknown = sorted(set(items) - set(FINETUNE_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown finetune setting(s) {unknown}; expected some of {list(FINETUNE_KEYS)}")
+    return tuple(sorted(items.items()))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: prune one pretrained model with one strategy at one compression, one seed.
+
+    Attributes:
+        dataset: dataset name (``sbjax.data.KNOWN``, or any name with ``data_dir``).
+        model: model name (``sbjax.models.names()``).
+        strategy: strategy name (``sbjax.strategies.REGISTRY``), or ``"none"`` for the reference.
+        compression: target compression (1 for the reference).
+        seed: fixes the mask's randomness, the scoring batch and the finetuning order.
+        checkpoint: pretrained checkpoint folder (or a name under ``checkpoints/``); ``None``
+            initializes the model from the seed.
+        data_dir: a local image folder or archive for the dataset.
+        val_size: validation examples held out of train (count or fraction).
+        preset: finetuning preset (``sbjax.optim.PRESETS``).
+        finetune: overrides of the preset, as sorted ``(key, value)`` pairs.
+        score_batch: batch size for gradient/activation scores (``None``: the finetuning batch size).
+    """
+
+    dataset: str
+    model: str
+    strategy: str
+    compression: float
+    seed: int
+    checkpoint: str | None = None
+    data_dir: str | None = None
+    val_size: float = 0.1
+    preset: str = "thesis-cifar"
+    finetune: tuple[tuple[str, Any], ...] = ()
+    score_batch: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "finetune", _freeze(self.finetune))
+        object.__setattr__(self, "compression", float(self.compression))
+        if self.compression < 1:
+            raise ConfigError(f"compression must be >= 1, got {self.compression:g}")
+        if (self.strategy == REFERENCE) != (self.compression == 1):
+            raise ConfigError(f"strategy {self.strategy!r} with compression {self.compression:g}: only the "
+                              f"reference ('{REFERENCE}') has compression 1")
+
+    @property
+    def id(self) -> str:
+        """A stable hash of the full configuration (16 hex digits)."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"finetune": dict(self.finetune)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """A grid: strategies x compressions x seeds (x models x datasets).
+
+    Compression 1 is the unpruned reference, run once per (dataset, model, seed) and shared by
+    every strategy's curve. ``checkpoints`` maps a model name to its checkpoint.
+    """
+
+    datasets: tuple[str, ...]
+    models: tuple[str, ...]
+    strategies: tuple[str, ...]
+    compressions: tuple[float, ...]
+    seeds: tuple[int, ...]
+    checkpoints: tuple[tuple[str, str], ...] = ()
+    data_dir: str | None = None
+    val_size: float = 0.1
+    preset: str = "thesis-cifar"
+    finetune: tuple[tuple[str, Any], ...] = ()
+    score_batch: int | None = None
+    name: str = "sweep"
+
+    def __post_init__(self):
+        for field in ("datasets", "models", "strategies", "compressions", "seeds"):
+            value = getattr(self, field)
+            if isinstance(value, (str, int, float)):
+                value = (value,)
+            if not value:
+                raise ConfigError(f"sweep {field} is empty; expected at least one value")
+            object.__setattr__(self, field, tuple(value))
+        checkpoints = self.checkpoints.items() if isinstance(self.checkpoints, Mapping) else self.checkpoints
+        object.__setattr__(self, "checkpoints", tuple(sorted(tuple(p) for p in checkpoints)))
+        object.__setattr__(self, "finetune", _freeze(self.finetune))
+
+    def experiments(self) -> list[ExperimentConfig]:
+        """Every experiment of the grid, references first, in a stable order."""
+        checkpoints = dict(self.checkpoints)
+        common = dict(data_dir=self.data_dir, val_size=self.val_size, preset=self.preset,
+                      finetune=self.finetune, score_batch=self.score_batch)  # fmt: skip
+        out = []
+        for dataset in self.datasets:
+            for model in self.models:
+                base = dict(common, dataset=dataset, model=model, checkpoint=checkpoints.get(model))
+                out += [ExperimentConfig(strategy=REFERENCE, compression=1, seed=s, **base) for s in self.seeds]
+                out += [
+                    ExperimentConfig(strategy=st, compression=c, seed=s, **base)
+                    for st in self.strategies
+                    for c in self.compressions
+                    if float(c) != 1.0
+                    for s in self.seeds
+                ]
+        return out
+
+
+def shipped() -> dict[str, Path]:
+    """The sweep configurations shipped with sbjax, by name."""
+    folder = resources.files("sbjax") / "configs"
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".json")}
+
+
+def _from_mapping(raw: Mapping[str, Any], origin: str) -> SweepConfig:
+    fields = {f.name for f in dataclasses.fields(SweepConfig)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ConfigError(f"{origin}: unknown key(s) {unknown}; expected some of {sorted(fields)}")
+    try:
+        return SweepConfig(**raw)
+    except TypeError as error:
+        raise ConfigError(f"{origin}: {error}") from None
+
+
+def parse_set(item: str) -> tuple[list[str], Any]:
+    """Parses one ``key=value`` override; the value is JSON if it parses, else a string.
+
+    >>> parse_set("finetune.epochs=2")
+    (['finetune', 'epochs'], 2)
+    >>> parse_set("strategies=[\\"random\\"]")
+    (['strategies'], ['random'])
+    """
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"malformed --set {item!r}; expected key=value, e.g. seeds=[0,1] or finetune.epochs=2")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    return key.strip().split("."), value
+
+
+def load_sweep(name_or_file: str | os.PathLike | None = None, sets: Sequence[str] = ()) -> SweepConfig:
+    """A shipped sweep by name (default ``"default"``) or a JSON file, with ``key=value`` overrides."""
+    name_or_file = "default" if name_or_file is None else str(name_or_file)
+    known = shipped()
+    path = known.get(name_or_file) or Path(name_or_file)
+    if not path.is_file():
+        raise ConfigError(f"no config {name_or_file!r}: not a shipped config ({', '.join(sorted(known))}) nor a file")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"config file {str(path)!r} is not valid JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a JSON object")
+    for item in sets:
+        keys, value = parse_set(item)
+        node = raw
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {key!r} is not a group of settings")
+        node[keys[-1]] = value
+    return _from_mapping(raw, str(path))

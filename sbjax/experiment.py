@@ -1,0 +1,236 @@
+"""One experiment and a sweep, composed from small steps.
+
+An experiment: load the data and the pretrained model, compute the mask (gradient and activation
+strategies score one seeded training batch), measure accuracy and efficiency before finetuning,
+finetune with the mask held, measure again, write one result row. Everything random is derived
+from the experiment's seed: the random mask, the scoring batch, the finetuning order and
+augmentation.
+
+A sweep runs the experiments of a grid that are not finished yet, sharing the loaded data and
+model between experiments of the same (dataset, model, checkpoint), and writes each result as
+soon as it exists: killing a sweep loses at most the experiment in progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sbjax import compression as compression_lib
+from sbjax import data as data_lib
+from sbjax import masks as masks_lib
+from sbjax import metrics as metrics_lib
+from sbjax import models, scoring, strategies, train
+from sbjax.config import REFERENCE, ExperimentConfig, SweepConfig
+from sbjax.optim import FinetuneConfig, OptimizerConfig, preset
+
+__all__ = ["Setup", "checkpoint_dir", "finetune_config", "make_mask", "prepare", "run_experiment", "run_sweep"]
+
+Mask = Any
+Variables = dict[str, Any]
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Setup:
+    """What the experiments of one (dataset, model, checkpoint) share."""
+
+    model: Any
+    variables: Variables
+    train: data_lib.ImageData
+    val: data_lib.ImageData
+    test: data_lib.ImageData
+    spec: data_lib.DatasetSpec
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_shape: tuple[int, ...]
+
+    def transform(self, train: bool):
+        return data_lib.make_transform(self.spec.augmentation, self.mean, self.std, train, self.spec.image_size)
+
+    @functools.cached_property
+    def eval_step(self):
+        return train.make_eval_step(train.make_predict_fn(self.model))
+
+
+def checkpoint_dir(name: str) -> Path:
+    """A checkpoint folder: a path, or a name under the repository's ``checkpoints/``."""
+    for candidate in (Path(name).expanduser(), CHECKPOINTS / name):
+        if candidate.is_dir():
+            return candidate
+    known = sorted(p.name for p in CHECKPOINTS.iterdir() if p.is_dir()) if CHECKPOINTS.is_dir() else []
+    hint = f"; convert it first with `sbjax port {name}`" if "/" not in name else ""
+    raise FileNotFoundError(f"no checkpoint {name!r}: not a folder, nor one of {known} in {CHECKPOINTS}{hint}")
+
+
+def prepare(config: ExperimentConfig, *, verbose: bool = True) -> Setup:
+    """Loads the splits and the (pretrained or seeded) model of ``config``."""
+    from sbjax import checkpoints
+
+    load = functools.partial(data_lib.load, config.dataset, data_dir=config.data_dir, val_size=config.val_size, verbose=verbose)
+    splits = {split: load(split) for split in ("train", "validation", "test")}
+    spec = data_lib.get_spec(config.dataset, local=config.data_dir is not None)
+    shape = (spec.image_size, spec.image_size, splits["train"].images.shape[-1])
+    normalization = None
+    if config.checkpoint:
+        variables, info = checkpoints.restore(checkpoint_dir(config.checkpoint), model=config.model,
+                                              num_classes=splits["train"].num_classes)  # fmt: skip
+        normalization = info.normalization
+        model = models.create(config.model, info.num_classes)
+    else:
+        model, variables = models.init(config.model, jax.random.key(config.seed), splits["train"].num_classes, shape)
+    mean, std = data_lib.resolve_normalization((splits["train"].mean, splits["train"].std), normalization)
+    return Setup(model, variables, splits["train"], splits["validation"], splits["test"], spec, mean, std, shape)
+
+
+def finetune_config(config: ExperimentConfig) -> FinetuneConfig:
+    """The preset of ``config`` with its overrides applied."""
+    base = preset(config.preset)
+    changes = dict(config.finetune)
+    optimizer_keys = {f.name for f in dataclasses.fields(OptimizerConfig)} | {"optimizer"}
+    opt = {("name" if k == "optimizer" else k): v for k, v in changes.items() if k in optimizer_keys}
+    rest = {k: v for k, v in changes.items() if k not in optimizer_keys}
+    return base.replace(optimizer=dataclasses.replace(base.optimizer, **opt), **rest)
+
+
+def _keys(seed: int) -> dict[str, jax.Array]:
+    root = jax.random.key(seed)
+    return {name: jax.random.fold_in(root, i) for i, name in enumerate(("mask", "score", "finetune"))}
+
+
+def _scoring_batch(setup: Setup, key: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    n = len(setup.train.labels)
+    index = np.asarray(jax.random.choice(key, n, (min(size, n),), replace=False))
+    x = setup.transform(train=False)(key, jnp.asarray(setup.train.images[index]))
+    return x, jnp.asarray(setup.train.labels[index])
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(name: str):
+    """The strategy ``name``, jitted once: fractions and keys are traced, so it compiles once."""
+    return jax.jit(strategies.get(name), static_argnames=("selection",))
+
+
+def make_mask(setup: Setup, config: ExperimentConfig) -> Mask:
+    """The mask of ``config.strategy`` at ``config.compression`` (all ones for the reference)."""
+    params = setup.variables["params"]
+    if config.strategy == REFERENCE:
+        return masks_lib.ones_like(params)
+    strategy = _jitted(config.strategy)
+    fraction = jnp.float32(compression_lib.fraction_for(config.compression, params))
+    keys = _keys(config.seed)
+    grads = activations = None
+    if config.strategy in strategies.NEEDS_GRADS | strategies.NEEDS_ACTIVATIONS:
+        size = config.score_batch or finetune_config(config).batch_size
+        x, y = _scoring_batch(setup, keys["score"], size)
+        rest = {k: v for k, v in setup.variables.items() if k != "params"}
+        apply_fn = lambda p, x: setup.model.apply({**rest, "params": p}, x, train=False)  # noqa: E731
+        grads, activations = scoring.scoring_inputs(apply_fn, params, x, y)
+    return strategy(params, grads, fraction, key=keys["mask"], activations=activations)
+
+
+def efficiency(setup: Setup, mask: Mask) -> dict[str, float]:
+    """The efficiency columns of a result row, from the jaxpr of the forward pass."""
+    m = metrics_lib.compute_module(setup.model, setup.variables, mask, setup.input_shape, train=False)
+    return dict(params_total=m.params_total, params_nonzero=m.params_nonzero, real_compression=m.compression,
+                macs=m.macs, macs_nonzero=m.macs_nonzero, flops=m.flops, speedup=m.speedup, memory=m.memory)  # fmt: skip
+
+
+def accuracy(setup: Setup, variables: Variables, data: data_lib.ImageData) -> dict[str, float]:
+    """top-1, top-5 and mean loss over every example of ``data``."""
+    from sbjax.evaluate import evaluate
+
+    scores = evaluate(setup.eval_step, variables, data, mean=setup.mean, std=setup.std,
+                      augmentation=setup.spec.augmentation, image_size=setup.spec.image_size)  # fmt: skip
+    return {k: scores[k] for k in ("top1", "top5", "loss")}
+
+
+def _finetune(setup: Setup, config: ExperimentConfig, variables: Variables, mask: Mask, folder: Path | None):
+    """Finetunes with the mask held; returns ``(selected variables, per-epoch log, epochs run)``."""
+    settings = finetune_config(config)
+    if settings.epochs == 0:
+        return variables, [], 0
+    from sbjax.finetune import finetune
+
+    result = finetune(setup.model, variables, mask, setup.train, setup.val, settings, _keys(config.seed)["finetune"],
+                      transform_train=setup.transform(True), transform_eval=setup.transform(False),
+                      checkpoint_dir=None if folder is None else folder / "finetune")  # fmt: skip
+    return result.variables, result.history, result.epochs
+
+
+def run_experiment(setup: Setup, config: ExperimentConfig, folder: Path | None = None) -> dict[str, Any]:
+    """Runs one experiment on a prepared setup and returns its result row."""
+    start = time.perf_counter()
+    mask = make_mask(setup, config)
+    params = masks_lib.apply_mask(setup.variables["params"], mask)
+    pruned = {**setup.variables, "params": params}
+    before = accuracy(setup, pruned, setup.test)
+    after_vars, history, epochs = _finetune(setup, config, pruned, mask, folder)
+    after = before if epochs == 0 else accuracy(setup, after_vars, setup.test)
+    val = max((h["val_top1"] for h in history), default=None)
+    return dict(
+        experiment_id=config.id, dataset=config.dataset, model=config.model, checkpoint=config.checkpoint,
+        strategy=config.strategy, compression=config.compression, seed=config.seed, preset=config.preset,
+        **efficiency(setup, mask),
+        pre_top1=before["top1"], pre_top5=before["top5"], pre_loss=before["loss"],
+        top1=after["top1"], top5=after["top5"], loss=after["loss"], val_top1=val, epochs=epochs,
+        wall_time=time.perf_counter() - start, history=history,
+    )  # fmt: skip
+
+
+def _check_reachable(setup: Setup, config: ExperimentConfig, compressions) -> None:
+    """Fails before the first experiment of a model if any compression of the sweep is out of reach."""
+    for c in sorted(compressions, reverse=True)[:1]:
+        if c > 1:
+            try:
+                compression_lib.fraction_for(c, setup.variables["params"])
+            except compression_lib.CompressionError as error:
+                raise compression_lib.CompressionError(f"{config.model}: {error}") from None
+
+
+def _setup_key(config: ExperimentConfig) -> tuple:
+    return (config.dataset, config.model, config.checkpoint, config.data_dir, config.val_size,
+            None if config.checkpoint else config.seed)  # fmt: skip
+
+
+def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, log: Callable[[str], None] | None = None) -> list[dict]:
+    """Runs every unfinished experiment of ``sweep`` into ``results_dir``; returns all finished rows.
+
+    Finished experiments are skipped; an experiment another process is running is skipped too.
+    Each result is written as soon as it exists.
+    """
+    from sbjax.results import Store
+
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    store = Store(results_dir)
+    experiments = sweep.experiments()
+    setups: dict[tuple, Setup] = {}
+    for i, config in enumerate(experiments, 1):
+        label = f"[{i}/{len(experiments)}] {config.model} {config.strategy} x{config.compression:g} seed {config.seed}"
+        if store.is_done(config.id):
+            continue
+        with store.claim(config.id) as mine:
+            if not mine:
+                log(f"{label}: finished or running elsewhere, skipped")
+                continue
+            key = _setup_key(config)
+            if key not in setups:
+                setups.clear()  # one setup in memory at a time
+                setups[key] = prepare(config)
+                _check_reachable(setups[key], config, sweep.compressions)
+            store.write_config(config.id, config.to_dict())
+            row = run_experiment(setups[key], config, store.folder(config.id))
+            store.write_log(config.id, row.pop("history"))
+            store.write_result(config.id, row)
+            log(f"{label}: top1 {row['pre_top1']:.4f} -> {row['top1']:.4f}, speedup {row['speedup']:.2f}, "
+                f"{row['wall_time']:.1f}s")  # fmt: skip
+    return store.rows()
