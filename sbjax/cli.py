@@ -30,6 +30,44 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_port(subparsers) -> None:
+    from sbjax import pretrained
+
+    p = subparsers.add_parser(
+        "port",
+        help="convert pretrained PyTorch weights into an sbjax checkpoint",
+        description="Convert a PyTorch weights file into an sbjax checkpoint (no torch needed). NAME is a "
+        f"pretrained entry ({', '.join(sorted(pretrained.manifest()))}) or, with --from, any registered model. "
+        "A file of a known entry must match the sha256 in the manifest.",
+    )
+    p.add_argument("name", metavar="NAME", help="pretrained entry or model name")
+    p.add_argument("--from", dest="source", metavar="PATH_OR_URL",
+                   help="local .th/.pth file or http(s) address (default: the manifest's download address)")
+    p.add_argument("--out", metavar="DIR", help="checkpoint directory (default: checkpoints/NAME)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing checkpoint directory")
+    p.add_argument("--own-weights", action="store_true",
+                   help="--from holds other weights for NAME's model (no sha256 check, no recorded normalization)")
+    p.add_argument("--timeout", type=float, default=pretrained.DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="seconds to wait for the download server (default: %(default)s)")
+    p.set_defaults(func=_cmd_port)
+
+
+def _cmd_port(args: argparse.Namespace) -> int:
+    from sbjax import pretrained
+
+    path, info = pretrained.port(
+        args.name, args.source, args.out, overwrite=args.force, timeout=args.timeout, own_weights=args.own_weights
+    )
+    print(f"ported {info.name or info.model} ({info.model}, {info.num_classes} classes) from {info.source}")
+    print(f"  sha256 {info.source_sha256}" + (" (verified against the manifest)" if info.name else " (not in the manifest: unverified)"))
+    if info.normalization:
+        print(f"  normalization mean {list(info.mean)} std {list(info.std)}")
+    if info.accuracy is not None:
+        print(f"  reported top-1 {info.accuracy}% on {info.dataset}")
+    print(f"saved to {path}")
+    return 0
+
+
 def _add_metrics(subparsers) -> None:
     p = subparsers.add_parser(
         "metrics", help="params, compression, MACs/FLOPs, speedup and activation memory of a model (per example)"
@@ -128,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_strategies(subparsers)
     _add_metrics(subparsers)
+    _add_port(subparsers)
     return parser
 
 

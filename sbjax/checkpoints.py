@@ -1,0 +1,232 @@
+"""SHELL: saving and restoring model variables with orbax-checkpoint, with their provenance.
+
+A checkpoint is a directory holding the variables (``{"params": ..., "batch_stats": ...}``)
+and a JSON record (:class:`CheckpointInfo`): the model's registry name and number of classes,
+where the weights came from and that file's sha256, the input normalization they were trained
+with, and the reported accuracy. Restoring checks, before reading any array, that the stored
+tree has exactly the model's structure and shapes, and afterwards that the arrays hash to the
+digest recorded at save time, so corrupt, truncated or mismatched checkpoints fail with one
+clear :class:`CheckpointError`, never a silent partial load.
+
+>>> import jax, tempfile
+>>> from sbjax import checkpoints, models
+>>> _, variables = models.init("mlp", jax.random.key(0))
+>>> path = checkpoints.save(tempfile.mkdtemp() + "/mlp", variables, checkpoints.CheckpointInfo("mlp", 10))
+>>> restored, info = checkpoints.restore(path, model="mlp")
+>>> info.model, info.num_classes
+('mlp', 10)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from sbjax import models
+
+__all__ = ["CheckpointError", "CheckpointInfo", "digest", "read_info", "restore", "save"]
+
+Variables = Any
+FORMAT = "sbjax-checkpoint/1"
+_VARIABLES, _INFO = "variables", "info"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt, truncated, or does not fit the requested model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint holds and where it came from.
+
+    Attributes:
+        model: registry name of the model (``sbjax.models.names()``).
+        num_classes: outputs of the classifier.
+        input_shape: ``(height, width, channels)`` the variables were built for (``None``: the
+            model's default); it matters for models whose dense layers depend on it (``mlp``).
+        source: the file or address the weights were converted from, if any.
+        source_sha256: that file's sha256.
+        mean: per-channel input normalization mean the weights were trained with.
+        std: per-channel input normalization standard deviation.
+        accuracy: reported top-1 accuracy in percent, on ``dataset``'s test split.
+        dataset: the dataset the weights were trained on (``"cifar10"``, ``"imagenet"``).
+        name: the entry of the pretrained manifest the weights came from, if any.
+    """
+
+    model: str
+    num_classes: int
+    input_shape: tuple[int, int, int] | None = None
+    source: str | None = None
+    source_sha256: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    accuracy: float | None = None
+    dataset: str | None = None
+    name: str | None = None
+
+    def __post_init__(self):
+        for field in ("input_shape", "mean", "std"):
+            value = getattr(self, field)
+            if value is not None:
+                object.__setattr__(self, field, tuple(value))
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """``(mean, std)`` when both are recorded, else ``None``."""
+        return (self.mean, self.std) if self.mean is not None and self.std is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CheckpointInfo:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _leaf_paths(tree: Variables) -> list[tuple[str, Any]]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf) for path, leaf in flat]
+
+
+def digest(variables: Variables) -> str:
+    """sha256 over every leaf's path, dtype, shape and bytes, in sorted path order."""
+    h = hashlib.sha256()
+    for path, leaf in sorted(_leaf_paths(variables), key=lambda item: item[0]):
+        array = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{path}|{array.dtype.str}|{array.shape}\n".encode())
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def _checkpointer():
+    import orbax.checkpoint as ocp  # shell-only dependency, imported on use
+
+    handler = ocp.CompositeCheckpointHandler(
+        **{_VARIABLES: ocp.StandardCheckpointHandler(), _INFO: ocp.JsonCheckpointHandler()}
+    )
+    return ocp, ocp.Checkpointer(handler)
+
+
+def save(
+    directory: str | os.PathLike, variables: Variables, info: CheckpointInfo, overwrite: bool = False
+) -> pathlib.Path:
+    """Saves ``variables`` and ``info`` to ``directory``; returns its absolute path.
+
+    Raises:
+        CheckpointError: ``directory`` exists and ``overwrite`` is false, or the variables do
+            not have the structure and shapes of ``info.model``.
+    """
+    path = pathlib.Path(directory).expanduser().resolve()
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path} already exists; choose another directory or overwrite it")
+    _check_structure(_shapes(variables), _expected(info), f"variables for {info.model}")
+    record = {"format": FORMAT, "digest": digest(variables), **info.to_json()}
+    ocp, checkpointer = _checkpointer()
+    arrays = jax.tree.map(np.asarray, variables)
+    args = ocp.args.Composite(**{_VARIABLES: ocp.args.StandardSave(arrays), _INFO: ocp.args.JsonSave(record)})
+    checkpointer.save(path, args, force=overwrite)
+    return path
+
+
+def _read_record(path: pathlib.Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise CheckpointError(f"no checkpoint at {path} (not a directory)")
+    ocp, checkpointer = _checkpointer()
+    try:
+        record = checkpointer.restore(path, ocp.args.Composite(**{_INFO: ocp.args.JsonRestore()}))[_INFO]
+    except Exception as error:  # orbax raises many types for unreadable directories
+        raise CheckpointError(f"{path} is not a readable sbjax checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an sbjax checkpoint (format {record.get('format')!r}, expected {FORMAT!r})")
+    return record
+
+
+def read_info(directory: str | os.PathLike) -> CheckpointInfo:
+    """The :class:`CheckpointInfo` of the checkpoint at ``directory``, reading no arrays."""
+    return CheckpointInfo.from_json(_read_record(pathlib.Path(directory).expanduser().resolve()))
+
+
+def _expected(info: CheckpointInfo) -> Variables:
+    return models.abstract_variables(info.model, info.num_classes, info.input_shape)
+
+
+def _shapes(tree: Variables) -> dict[str, tuple[tuple[int, ...], str]]:
+    return {p: (tuple(leaf.shape), np.dtype(leaf.dtype).name) for p, leaf in _leaf_paths(tree)}
+
+
+def _check_structure(found: Mapping[str, Any], target: Variables, what: str) -> None:
+    expected = _shapes(target)
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [f"{p} {found[p]} != expected {expected[p]}" for p in sorted(set(found) & set(expected)) if found[p] != expected[p]]
+    problems = [f"{label}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
+                for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape/dtype", wrong)) if items]
+    if problems:
+        raise CheckpointError(f"{what} do not fit the model: " + "; ".join(problems))
+
+
+def _stored_shapes(path: pathlib.Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    _, checkpointer = _checkpointer()
+    try:
+        tree = checkpointer.metadata(path).item_metadata[_VARIABLES].tree
+        return _shapes(tree)
+    except Exception as error:
+        raise CheckpointError(f"{path}: cannot read the stored variables' metadata ({type(error).__name__}: {error})") from None
+
+
+def _in_order(tree: Mapping[str, Any], order: Mapping[str, Any]) -> dict[str, Any]:
+    """``tree``'s leaves arranged in ``order``'s key order (Flax's call order; the classifier last)."""
+    return {k: _in_order(tree[k], v) if isinstance(v, Mapping) else tree[k] for k, v in order.items()}
+
+
+def restore(
+    directory: str | os.PathLike,
+    model: str | None = None,
+    num_classes: int | None = None,
+) -> tuple[Variables, CheckpointInfo]:
+    """Restores the variables and info saved at ``directory``, checked against the model.
+
+    Args:
+        directory: a directory written by :func:`save` (or ``sbjax port``).
+        model: the model the caller expects; a checkpoint of another model is an error.
+        num_classes: the number of classes the caller expects, if it matters.
+
+    Returns:
+        ``(variables, info)``: variables as jax arrays, bitwise equal to those saved, with
+        the dict order of the model's own variables.
+
+    Raises:
+        CheckpointError: missing, corrupt or truncated files, another model, other shapes, or
+            arrays that do not hash to the digest recorded at save time.
+    """
+    path = pathlib.Path(directory).expanduser().resolve()
+    record = _read_record(path)
+    info = CheckpointInfo.from_json(record)
+    if model is not None and info.model != model:
+        raise CheckpointError(f"{path} holds a {info.model!r} checkpoint, not {model!r}")
+    if num_classes is not None and info.num_classes != num_classes:
+        raise CheckpointError(f"{path} has {info.num_classes} classes, not {num_classes}")
+    try:
+        target = _expected(info)
+    except ValueError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    _check_structure(_stored_shapes(path), target, f"stored variables in {path}")
+    ocp, checkpointer = _checkpointer()
+    abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), target)
+    try:
+        restored = checkpointer.restore(path, ocp.args.Composite(**{_VARIABLES: ocp.args.StandardRestore(abstract)}))
+        variables = _in_order(restored[_VARIABLES], target)
+    except Exception as error:
+        raise CheckpointError(f"{path}: stored arrays are unreadable, corrupt or truncated ({type(error).__name__}: {error})") from None
+    if digest(variables) != record.get("digest"):
+        raise CheckpointError(f"{path}: stored arrays do not match the digest recorded at save time (corrupt or modified)")
+    return jax.tree.map(jax.numpy.asarray, variables), info
