@@ -405,3 +405,70 @@ def test_to_dict_and_table():
     }
     table = metrics.format_table(_compute(model, variables, None, (4,)))
     assert "fc1/kernel" in table and "MACs" in table and "30" in table
+
+
+# ----------------------------------------------------------------------------- any function, other layouts
+
+
+def test_plain_function_with_nchw_convolutions():
+    """Not Flax: a function of a params dict, NCHW / OIHW dimension numbers."""
+
+    def apply_fn(p, x):
+        dn = ("NCHW", "OIHW", "NCHW")
+        h = jax.lax.conv_general_dilated(x, p["w1"], (1, 1), "SAME", dimension_numbers=dn)
+        h = jax.nn.relu(h)
+        return jax.lax.conv_general_dilated(h, p["w2"], (2, 2), "VALID", dimension_numbers=dn)
+
+    params = {"w1": jnp.ones((4, 3, 3, 3)), "w2": jnp.ones((5, 4, 2, 2))}
+    mask = {"w1": jnp.ones((4, 3, 3, 3)).at[1].set(0), "w2": jnp.ones((5, 4, 2, 2))}
+    m = metrics.compute(apply_fn, params, mask, (3, 8, 8))
+    assert [(r.name, r.macs, r.nonzero) for r in m.layers] == [
+        ("w1", 8 * 8 * 4 * 27, 81),
+        ("w2", 4 * 4 * 5 * 16, 80),
+    ]
+    assert m.macs_nonzero == 8 * 8 * 81 + 4 * 4 * 80
+    assert m.memory == 192 + 192 + 4 * 64
+    assert m.memory_zero == 64  # channel 1 of w2's input: no weights feed it, ReLU keeps it zero
+
+
+class Shortcut(nn.Module):
+    """conv (no bias) -> ReLU6 -> 2x2 average pool -> option-A shortcut (zero-pad channels) -> dense."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = jax.nn.relu6(nn.Conv(4, (3, 3), use_bias=False, name="conv")(x))
+        h = nn.avg_pool(h, (2, 2), (2, 2))
+        h = jnp.pad(h, ((0, 0), (0, 0), (0, 0), (2, 2)))  # 4 -> 8 channels, the new ones zero
+        return nn.Dense(3, name="fc")(h.reshape(h.shape[0], -1))
+
+
+def test_zero_channels_through_relu6_pooling_and_zero_padding():
+    model = Shortcut()
+    params = _init(model, (8, 8, 1))["params"]
+    mask = jax.tree.map(jnp.ones_like, params)
+    m = _compute(model, {"params": params}, mask, (8, 8, 1))
+    assert m.memory == 64 + 64 + 4 * 4 * 8 and m.memory_zero == 4 * 4 * 4  # the padded channels
+    mask["conv"]["kernel"] = mask["conv"]["kernel"].at[..., 0].set(0)
+    m = _compute(model, {"params": params}, mask, (8, 8, 1))
+    assert m.memory_zero == 4 * 4 * 5  # and conv channel 0, through ReLU6 and the pool
+
+
+def test_batch_norm_makes_a_dead_channel_nonzero():
+    """After batch norm a dead channel is offset - scale * mean / std: not provably zero."""
+
+    class ConvBN(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.Conv(4, (3, 3), use_bias=False, name="conv")(x)
+            h = nn.relu(nn.BatchNorm(use_running_average=True, name="bn")(h))
+            return nn.Dense(2, name="fc")(h.mean((1, 2)))
+
+    model = ConvBN()
+    variables = _init(model, (8, 8, 1))
+    mask = jax.tree.map(jnp.ones_like, variables["params"])
+    mask["conv"]["kernel"] = jnp.zeros_like(mask["conv"]["kernel"])
+    m = _compute(model, variables, mask, (8, 8, 1))
+    assert m.layers[0].macs_nonzero == 0 and m.memory_zero == 0
+    # masking batch norm's scale and offset too (not a default rule) makes the channels zero again
+    mask["bn"] = jax.tree.map(jnp.zeros_like, mask["bn"])
+    assert _compute(model, variables, mask, (8, 8, 1)).memory_zero == 4

@@ -174,3 +174,16 @@ def test_pretrained_resnet20_pruned_4x_layerwise_vs_global_speedup():
     for row in layer.layers:
         if row.name != "linear/kernel":
             assert row.density == pytest.approx(fraction, abs=1 / row.params)
+
+
+def test_mnistnet_dead_units_are_provably_zero_memory():
+    """MnistNet has no normalization: a conv1 channel with all weights and bias pruned stays zero
+    through ReLU and max pooling (12x12 of conv2's input); an fc1 unit likewise (1 of fc2's input)."""
+    _, variables = models.init("mnistnet", jax.random.key(0))
+    mask = jax.tree.map(jnp.ones_like, variables["params"])
+    assert _metrics("mnistnet", variables, mask).memory_zero == 0
+    mask["conv1"] = {"kernel": mask["conv1"]["kernel"].at[..., 0].set(0), "bias": mask["conv1"]["bias"].at[0].set(0)}
+    mask["fc1"] = {"kernel": mask["fc1"]["kernel"].at[:, 7].set(0), "bias": mask["fc1"]["bias"].at[7].set(0)}
+    m = _metrics("mnistnet", variables, mask)
+    assert m.memory == 784 * 2 + 12 * 12 * 20 + 800 + 500
+    assert m.memory_zero == 12 * 12 + 1
