@@ -133,3 +133,51 @@ def test_cli_port_errors_are_one_line(tmp_path, capsys):
     bad.write_bytes(b"not a torch file")
     assert cli.main(["port", "mlp", "--from", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "bad.th" in capsys.readouterr().err
+
+
+CIFAR_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _cifar_jpeg_test_subset(per_class):
+    """The first ``per_class`` test images of each class, decoded with Pillow (uint8 NHWC)."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    images, labels, counts = [], [], dict.fromkeys(CLASSES, 0)
+    with tarfile.open(CIFAR_JPEG) as tar:
+        for member in tar:
+            parts = pathlib.PurePosixPath(member.name).parts
+            if not member.isfile() or len(parts) != 4 or parts[1] != "test" or counts[parts[2]] >= per_class:
+                continue
+            counts[parts[2]] += 1
+            images.append(np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")))
+            labels.append(CLASSES.index(parts[2]))
+            if min(counts.values()) >= per_class:
+                break
+    return np.stack(images), np.asarray(labels)
+
+
+@needs_weights
+@pytest.mark.skipif(not CIFAR_JPEG.exists(), reason="shared CIFAR-10 JPEG data not present")
+def test_ported_resnet20_matches_pytorch_on_real_images(tmp_path):
+    """Acceptance in small: the full 10,000-image run is benchmarks/eval_pretrained.py."""
+    import jax
+
+    images, labels = _cifar_jpeg_test_subset(per_class=50)
+    out, info = pretrained.port("resnet20", str(RESNET20), tmp_path / "r20")
+    variables, info = checkpoints.restore(out, model="resnet20")
+    mean, std = (np.asarray(v, np.float32) for v in info.normalization)
+    x = ((images.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+    ours = np.asarray(jax.jit(models.create("resnet20").apply)(variables, x))
+    torch_model = torch_reference.cifar_resnet(20)
+    state_dict = torch.load(RESNET20, map_location="cpu", weights_only=False)["state_dict"]
+    torch_model.load_state_dict({k.removeprefix("module."): v for k, v in state_dict.items()})
+    with torch.no_grad():
+        theirs = torch_model.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    assert np.abs(ours - theirs).max() <= 1e-4
+    np.testing.assert_array_equal(ours.argmax(1), theirs.argmax(1))
+    accuracy = np.mean(ours.argmax(1) == labels)
+    assert 0.70 <= accuracy <= 0.92  # about 81% on the whole lossy JPEG test split
