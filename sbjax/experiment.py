@@ -68,7 +68,9 @@ def checkpoint_dir(name: str) -> Path:
         if candidate.is_dir():
             return candidate
     known = sorted(p.name for p in CHECKPOINTS.iterdir() if p.is_dir()) if CHECKPOINTS.is_dir() else []
-    hint = f"; convert it first with `sbjax port {name}`" if "/" not in name else ""
+    from sbjax import pretrained
+
+    hint = f"; convert it first with `sbjax port {name}`" if name in pretrained.manifest() else ""
     raise FileNotFoundError(f"no checkpoint {name!r}: not a folder, nor one of {known} in {CHECKPOINTS}{hint}")
 
 
@@ -202,6 +204,19 @@ def _setup_key(config: ExperimentConfig) -> tuple:
             None if config.checkpoint else config.seed)  # fmt: skip
 
 
+def validate(sweep: SweepConfig) -> None:
+    """Checks every name in ``sweep`` before any work; one clear error for the first unknown one."""
+    for name in sweep.strategies:
+        if name != REFERENCE:
+            strategies.get(name)
+    for name in sweep.models:
+        models.spec(name)
+    for name in sweep.datasets:
+        data_lib.get_spec(name, local=sweep.data_dir is not None)
+    preset(sweep.preset)
+    finetune_config(sweep.experiments()[0])
+
+
 def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, log: Callable[[str], None] | None = None) -> list[dict]:
     """Runs every unfinished experiment of ``sweep`` into ``results_dir``; returns all finished rows.
 
@@ -211,6 +226,7 @@ def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, log: Callable[[str
     from sbjax.results import Store
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    validate(sweep)
     store = Store(results_dir)
     experiments = sweep.experiments()
     setups: dict[tuple, Setup] = {}

@@ -1,0 +1,122 @@
+"""End to end: a scaled-down sweep on the embedded dataset, through the library and the CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sbjax import config as config_lib
+from sbjax import experiment, results
+
+SETS = [
+    'models=["mlp"]',
+    "checkpoints={}",
+    'strategies=["random","global_magnitude","layer_gradient","global_activation"]',
+    "compressions=[1,4,32]",
+    "seeds=[0,1]",
+    'finetune={"epochs":0}',
+]
+VOLATILE = ["wall_time"]
+
+
+def run_cli(*args, check=True):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    done = subprocess.run([sys.executable, "-m", "sbjax.cli", *args], capture_output=True, text=True, env=env)
+    if check and done.returncode:
+        raise AssertionError(done.stderr)
+    return done
+
+
+def table(folder):
+    return results.aggregate(results.Store.open(folder).rows()).drop(columns=VOLATILE)
+
+
+@pytest.fixture(scope="module")
+def reference_sweep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ref")
+    sweep = config_lib.load_sweep(None, SETS)
+    experiment.run_sweep(sweep, folder, log=lambda _: None)
+    return sweep, folder
+
+
+def test_sweep_rows_columns_and_values(reference_sweep):
+    sweep, folder = reference_sweep
+    frame = results.aggregate(results.Store.open(folder).rows())
+    assert len(frame) == 2 + 4 * 2 * 2
+    assert list(frame.columns) == list(results.COLUMNS)
+    assert frame.isna().sum()[["top1", "macs", "speedup", "flops", "memory"]].sum() == 0
+    pruned = frame[frame.strategy != "none"]
+    assert ((pruned.real_compression - pruned.compression).abs() / pruned.compression < 0.01).all()
+    assert (frame.flops == 2 * frame.macs).all()
+    reference = frame[frame.strategy == "none"]
+    assert (reference.params_nonzero == reference.params_total).all()
+    # accuracies are fractions of the 1,000 embedded test images
+    assert ((frame.top1 * 1000).round(6) % 1 == 0).all()
+
+
+def test_same_config_twice_gives_identical_rows(reference_sweep, tmp_path):
+    sweep, folder = reference_sweep
+    experiment.run_sweep(sweep, tmp_path, log=lambda _: None)
+    pd.testing.assert_frame_equal(table(folder), table(tmp_path))
+
+
+def test_kill_9_then_rerun_skips_finished_and_equals_uninterrupted(reference_sweep, tmp_path):
+    _, folder = reference_sweep
+    args = ["run", "--results", str(tmp_path), *[a for s in SETS for a in ("--set", s)]]
+    process = subprocess.Popen([sys.executable, "-m", "sbjax.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob("*/result.json"))) < 3 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/result.json")}
+    assert 3 <= len(finished) < 18, "the sweep was not interrupted midway"
+    run_cli(*args)
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items()), "a finished experiment was rerun"
+    pd.testing.assert_frame_equal(table(folder), table(tmp_path))
+
+
+def test_cli_run_prints_table_and_writes_csv_and_plots(reference_sweep, tmp_path):
+    _, folder = reference_sweep
+    done = run_cli("results", str(folder))
+    assert "global_activation" in done.stdout and "report card:" in done.stdout
+    assert pd.read_csv(Path(folder) / "results.csv").shape[0] == 18
+    plotted = run_cli("plot", str(folder)).stdout.split()
+    assert {Path(p).name for p in plotted} >= {"top1_vs_compression.png", "top1_vs_speedup.svg"}
+    assert all(Path(p).stat().st_size > 1000 for p in plotted)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--set", "strategies=[\"nope\"]", "--set", "finetune={\"epochs\":0}"], "unknown strategy 'nope'"),
+        (["run", "--set", "models=[\"nope\"]", "--set", "checkpoints={}"], "unknown model 'nope'"),
+        (["run", "--set", "datasets=[\"nope\"]"], "unknown dataset 'nope'"),
+        (["run", "--set", "seeds"], "malformed --set 'seeds'"),
+        (["run", "--set", "models=[\"mlp\"]", "--set", "checkpoints={}", "--set", "compressions=[1,1000]"],
+         "compression 1000 is at or beyond the largest reachable compression"),
+        (["results", "/nonexistent/results"], "no results folder '/nonexistent/results'"),
+        (["prune", "--model", "mlp", "--strategy", "random", "--compression", "0.5"], "compression must be a finite number >= 1"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, message, tmp_path):
+    extra = ["--results", str(tmp_path / "r")] if args[0] == "run" else []
+    done = run_cli(*args, *extra, check=False)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 2
+
+
+def test_prune_json_on_the_embedded_dataset():
+    done = run_cli("prune", "--model", "mlp", "--strategy", "global_magnitude", "--compression", "8",
+                   "--dataset", "mnist5k", "--json")
+    result = json.loads(done.stdout)
+    assert result["params_total"] == 266_610
+    assert result["compression"] == pytest.approx(8, rel=1e-3)
+    assert 0 <= result["accuracy"]["pruned"]["top1"] <= 1 and result["accuracy"]["unpruned"]["top1"] >= 0
