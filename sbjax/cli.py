@@ -75,11 +75,6 @@ def _add_metrics(subparsers) -> None:
     p.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
     p.add_argument("--num-classes", type=int, help="number of classes (default: the model's)")
     p.add_argument("--input-shape", help="H,W,C of one example, e.g. 224,224,3 (default: the model's)")
-    p.add_argument(
-        "--checkpoint",
-        help="checkpoint folder or name under checkpoints/ (from `sbjax port` or training): its weights are "
-        "pruned by --strategy, its classes and input shape are the defaults",
-    )
     p.add_argument("--strategy", help="prune with this strategy first (see `sbjax strategies`); needs --compression")
     p.add_argument("--compression", type=float, help="target compression N_total / N_nonzero for --strategy")
     p.add_argument(
@@ -133,40 +128,63 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
     from sbjax import metrics, models, strategies
 
+    model = models.create(args.model, args.num_classes)
+    shape = _parse_shape(args.input_shape) if args.input_shape else models.input_shape(args.model)
+    num_classes = args.num_classes or models.num_classes(args.model)
     if (args.strategy is None) != (args.compression is None):
         raise UserError("--strategy and --compression go together: give both or neither")
     if args.strategy is not None:
         strategies.get(args.strategy)  # an unknown name fails before any work
-    shape = _parse_shape(args.input_shape) if args.input_shape else None
-    num_classes = args.num_classes
-    if args.checkpoint:
-        from sbjax import checkpoints, experiment
-
-        directory = experiment.checkpoint_dir(args.checkpoint)
-        variables, info = checkpoints.restore(directory, model=args.model, num_classes=args.num_classes)
-        num_classes, shape = info.num_classes, shape or info.input_shape
-    shape = tuple(shape or models.input_shape(args.model))
-    num_classes = num_classes or models.num_classes(args.model)
-    model = models.create(args.model, num_classes)
-    if args.checkpoint is None and args.strategy is None:  # counting needs shapes only: no init
-        abstract = models.abstract_variables(args.model, num_classes, shape)
-        variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
-    elif args.checkpoint is None:
+    if args.strategy is None:  # shapes are all that counting needs: no initialization
+        abstract = models.abstract_variables(args.model, args.num_classes, shape)
+        variables, mask = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract), None
+    else:
         x = jnp.zeros((1, *shape), jnp.float32)
         variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(args.seed))
-    mask = None if args.strategy is None else _strategy_mask(args, model, variables, shape, num_classes)
+        mask = _strategy_mask(args, model, variables, shape, num_classes)
     result = metrics.compute_module(model, variables, mask, shape, train=False)
     if args.json:
         header = {
             "model": args.model, "input_shape": list(shape), "num_classes": num_classes,
-            "checkpoint": args.checkpoint, "strategy": args.strategy, "target_compression": args.compression,
+            "strategy": args.strategy, "target_compression": args.compression,
         }
         print(json.dumps({**header, **result.to_dict()}))
     else:
         pruned = f", {args.strategy} at compression {args.compression:g}" if args.strategy else ""
-        weights = f", weights {args.checkpoint}" if args.checkpoint else ""
-        print(f"{args.model} ({','.join(map(str, shape))}, {num_classes} classes{weights}{pruned})\n")
+        print(f"{args.model} ({','.join(map(str, shape))}, {num_classes} classes{pruned})\n")
         print(metrics.format_table(result))
+    return 0
+
+
+def _add_eval(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="top-1, top-5 and loss of a checkpoint over a whole dataset split")
+    p.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a name under checkpoints/ (from `sbjax port`)")
+    p.add_argument("--dataset", required=True, help="dataset name, e.g. cifar10 or mnist5k (embedded, offline)")
+    p.add_argument("--data-dir", help="local image folder split/class/*.jpg|png, or a tar/tar.gz archive of one")
+    p.add_argument("--tfds-data-dir", help="tensorflow-datasets data directory (default: $TFDS_DATA_DIR)")
+    p.add_argument("--split", default="test", help="test (default), validation (held out of train) or train")
+    p.add_argument("--batch-size", type=int, default=500, help="examples per forward pass (default 500)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from sbjax.evaluate import evaluate_checkpoint
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size} must be a positive integer")
+    result = evaluate_checkpoint(
+        args.model, args.checkpoint, args.dataset, split=args.split, data_dir=args.data_dir,
+        tfds_data_dir=args.tfds_data_dir, batch_size=args.batch_size,
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['model']} on {result['dataset']} {result['split']} ({result['count']} images): "
+              f"top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}")
     return 0
 
 
@@ -181,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_strategies(subparsers)
     _add_metrics(subparsers)
     _add_port(subparsers)
+    _add_eval(subparsers)
     return parser
 
 

@@ -108,3 +108,22 @@ def _check_fits(model: object, variables: Mapping[str, object], data: ImageData,
             f"the model's variables do not fit inputs of shape {shape[1:]} with {data.num_classes} classes "
             f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
         ) from None
+
+
+def evaluate_checkpoint(model_name: str, checkpoint: str, dataset: str, **kwargs: object) -> dict[str, object]:
+    """Restores a checkpoint of ``model_name`` and evaluates it (see :func:`evaluate_model`).
+
+    ``checkpoint`` is a folder, or the name of one under the repository's ``checkpoints/``.
+
+    The checkpoint's recorded normalization (the one its weights were trained with) wins over
+    the dataset's default; the result records the checkpoint's path.
+
+    Raises:
+        ValueError: Unknown dataset, or a checkpoint that is missing, corrupt or of another model.
+    """
+    from sbjax import checkpoints, data, experiment
+
+    data.get_spec(dataset, local=kwargs.get("data_dir") is not None)  # fail fast on a bad name
+    variables, info = checkpoints.restore(experiment.checkpoint_dir(checkpoint), model=model_name)
+    result = evaluate_model(model_name, variables, dataset, normalization=info.normalization, **kwargs)
+    return {**result, "checkpoint": str(checkpoint)}
