@@ -75,6 +75,11 @@ def _add_metrics(subparsers) -> None:
     p.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
     p.add_argument("--num-classes", type=int, help="number of classes (default: the model's)")
     p.add_argument("--input-shape", help="H,W,C of one example, e.g. 224,224,3 (default: the model's)")
+    p.add_argument(
+        "--checkpoint",
+        help="checkpoint folder or name under checkpoints/ (from `sbjax port` or training): its weights are "
+        "pruned by --strategy, its classes and input shape are the defaults",
+    )
     p.add_argument("--strategy", help="prune with this strategy first (see `sbjax strategies`); needs --compression")
     p.add_argument("--compression", type=float, help="target compression N_total / N_nonzero for --strategy")
     p.add_argument(
@@ -128,30 +133,39 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
     from sbjax import metrics, models, strategies
 
-    model = models.create(args.model, args.num_classes)
-    shape = _parse_shape(args.input_shape) if args.input_shape else models.input_shape(args.model)
-    num_classes = args.num_classes or models.num_classes(args.model)
     if (args.strategy is None) != (args.compression is None):
         raise UserError("--strategy and --compression go together: give both or neither")
     if args.strategy is not None:
         strategies.get(args.strategy)  # an unknown name fails before any work
-    if args.strategy is None:  # shapes are all that counting needs: no initialization
-        abstract = models.abstract_variables(args.model, args.num_classes, shape)
-        variables, mask = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract), None
-    else:
+    shape = _parse_shape(args.input_shape) if args.input_shape else None
+    num_classes = args.num_classes
+    if args.checkpoint:
+        from sbjax import checkpoints, experiment
+
+        directory = experiment.checkpoint_dir(args.checkpoint)
+        variables, info = checkpoints.restore(directory, model=args.model, num_classes=args.num_classes)
+        num_classes, shape = info.num_classes, shape or info.input_shape
+    shape = tuple(shape or models.input_shape(args.model))
+    num_classes = num_classes or models.num_classes(args.model)
+    model = models.create(args.model, num_classes)
+    if args.checkpoint is None and args.strategy is None:  # counting needs shapes only: no init
+        abstract = models.abstract_variables(args.model, num_classes, shape)
+        variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
+    elif args.checkpoint is None:
         x = jnp.zeros((1, *shape), jnp.float32)
         variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(args.seed))
-        mask = _strategy_mask(args, model, variables, shape, num_classes)
+    mask = None if args.strategy is None else _strategy_mask(args, model, variables, shape, num_classes)
     result = metrics.compute_module(model, variables, mask, shape, train=False)
     if args.json:
         header = {
             "model": args.model, "input_shape": list(shape), "num_classes": num_classes,
-            "strategy": args.strategy, "target_compression": args.compression,
+            "checkpoint": args.checkpoint, "strategy": args.strategy, "target_compression": args.compression,
         }
         print(json.dumps({**header, **result.to_dict()}))
     else:
         pruned = f", {args.strategy} at compression {args.compression:g}" if args.strategy else ""
-        print(f"{args.model} ({','.join(map(str, shape))}, {num_classes} classes{pruned})\n")
+        weights = f", weights {args.checkpoint}" if args.checkpoint else ""
+        print(f"{args.model} ({','.join(map(str, shape))}, {num_classes} classes{weights}{pruned})\n")
         print(metrics.format_table(result))
     return 0
 
