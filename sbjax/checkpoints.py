@@ -3,10 +3,11 @@
 A checkpoint is a directory holding the variables (``{"params": ..., "batch_stats": ...}``)
 and a JSON record (:class:`CheckpointInfo`): the model's registry name and number of classes,
 where the weights came from and that file's sha256, the input normalization they were trained
-with, and the reported accuracy. Restoring checks, before reading any array, that the stored
-tree has exactly the model's structure and shapes, and afterwards that the arrays hash to the
-digest recorded at save time, so corrupt, truncated or mismatched checkpoints fail with one
-clear :class:`CheckpointError`, never a silent partial load.
+with, and the reported accuracy. Restoring checks, before orbax reads any array, that every
+file still has the sha256 recorded at save time (``sbjax-files.json``) and that the stored tree
+has exactly the model's structure and shapes, and afterwards that the arrays hash to the digest
+recorded at save time. Corrupt, truncated or mismatched checkpoints fail with one clear
+:class:`CheckpointError`, never a silent partial load.
 
 >>> import jax, tempfile
 >>> from sbjax import checkpoints, models
@@ -37,6 +38,7 @@ __all__ = ["CheckpointError", "CheckpointInfo", "digest", "read_info", "restore"
 Variables = Any
 FORMAT = "sbjax-checkpoint/1"
 _VARIABLES, _INFO = "variables", "info"
+_FILES = "sbjax-files.json"  # sha256 of every file orbax wrote, checked before orbax reads any
 
 
 class CheckpointError(ValueError):
@@ -134,7 +136,33 @@ def save(
     arrays = jax.tree.map(np.asarray, variables)
     args = ocp.args.Composite(**{_VARIABLES: ocp.args.StandardSave(arrays), _INFO: ocp.args.JsonSave(record)})
     checkpointer.save(path, args, force=overwrite)
+    (path / _FILES).write_text(json.dumps(_file_hashes(path), indent=1, sort_keys=True) + "\n")
     return path
+
+
+def _file_hashes(path: pathlib.Path) -> dict[str, str]:
+    out = {}
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.name != _FILES):
+        out[file.relative_to(path).as_posix()] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return out
+
+
+def _check_files(path: pathlib.Path) -> None:
+    """Compares the checkpoint's files with the hashes recorded at save time, if any."""
+    listing = path / _FILES
+    if not listing.is_file():
+        return
+    try:
+        expected = json.loads(listing.read_text())
+    except ValueError:
+        raise CheckpointError(f"{listing} is corrupt") from None
+    found = _file_hashes(path)
+    missing = sorted(set(expected) - set(found))
+    changed = sorted(f for f in set(expected) & set(found) if expected[f] != found[f])
+    if missing or changed:
+        what = [f"missing: {', '.join(missing)}"] if missing else []
+        what += [f"truncated or modified: {', '.join(changed)}"] if changed else []
+        raise CheckpointError(f"{path} is corrupt ({'; '.join(what)})")
 
 
 def _read_record(path: pathlib.Path) -> dict[str, Any]:
@@ -209,6 +237,8 @@ def restore(
             arrays that do not hash to the digest recorded at save time.
     """
     path = pathlib.Path(directory).expanduser().resolve()
+    if path.is_dir():
+        _check_files(path)
     record = _read_record(path)
     info = CheckpointInfo.from_json(record)
     if model is not None and info.model != model:

@@ -51,38 +51,64 @@ def test_wrong_model_is_refused(saved):
         checkpoints.restore(saved, num_classes=100)
 
 
-def test_stored_shapes_that_do_not_fit_are_refused(saved):
+def _edit_info(saved: pathlib.Path, **changes) -> None:
+    """Rewrites the JSON record, as a buggy tool might (the file list would catch it: drop it)."""
+    (saved / checkpoints._FILES).unlink()
     record_file = saved / "info" / "metadata"
-    record = json.loads(record_file.read_text())
-    record["num_classes"] = 100
-    record_file.write_text(json.dumps(record))
+    record_file.write_text(json.dumps({**json.loads(record_file.read_text()), **changes}))
+
+
+def test_stored_shapes_that_do_not_fit_are_refused(saved):
+    _edit_info(saved, num_classes=100)
     with pytest.raises(CheckpointError, match=r"do not fit the model: wrong shape/dtype: params/linear/bias"):
         checkpoints.restore(saved)
 
 
 def test_another_architecture_is_refused(saved):
-    record_file = saved / "info" / "metadata"
-    record = json.loads(record_file.read_text())
-    record["model"] = "resnet32"
-    record_file.write_text(json.dumps(record))
+    _edit_info(saved, model="resnet32")
     with pytest.raises(CheckpointError, match=r"missing: .*layer1_3"):
         checkpoints.restore(saved)
 
 
-def test_truncated_arrays_fail_clearly(saved):
+def _truncate(file: pathlib.Path) -> None:
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def _flip(file: pathlib.Path) -> None:
+    raw = bytearray(file.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 4] = bytes(b ^ 0xFF for b in raw[middle : middle + 4])
+    file.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip])
+def test_damaged_files_are_named_before_orbax_reads_them(saved, damage):
     data = _largest_file(saved)
-    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="ckpt"):
+    damage(data)
+    with pytest.raises(CheckpointError, match=f"is corrupt \\(truncated or modified: .*{data.name}"):
         checkpoints.restore(saved)
 
 
-def test_flipped_bytes_fail_clearly(saved):
+def test_missing_files_are_named(saved):
     data = _largest_file(saved)
-    raw = bytearray(data.read_bytes())
-    middle = len(raw) // 2
-    raw[middle : middle + 4] = bytes(b ^ 0xFF for b in raw[middle : middle + 4])
-    data.write_bytes(bytes(raw))
-    with pytest.raises(CheckpointError, match="corrupt"):
+    data.unlink()
+    with pytest.raises(CheckpointError, match=f"is corrupt \\(missing: .*{data.name}"):
+        checkpoints.restore(saved)
+
+
+# Without the file list (deleted, or a checkpoint written by other tools), the reader's own errors
+# and the digest of the arrays still catch the damage.
+def test_truncated_arrays_fail_clearly_without_the_file_list(saved):
+    (saved / checkpoints._FILES).unlink()
+    _truncate(_largest_file(saved))
+    with pytest.raises(CheckpointError, match="unreadable, corrupt or truncated"):
+        checkpoints.restore(saved)
+
+
+def test_flipped_bytes_fail_the_digest_without_the_file_list(saved):
+    (saved / checkpoints._FILES).unlink()
+    _flip(_largest_file(saved))
+    with pytest.raises(CheckpointError, match="do not match the digest recorded at save time"):
         checkpoints.restore(saved)
 
 
@@ -91,6 +117,9 @@ def test_missing_info_or_directory_fails_clearly(saved, tmp_path):
         checkpoints.restore(tmp_path / "nothing-here")
     for file in (saved / "info").iterdir():
         file.unlink()
+    with pytest.raises(CheckpointError, match=r"is corrupt \(missing: .*info/metadata"):
+        checkpoints.restore(saved)
+    (saved / checkpoints._FILES).unlink()
     with pytest.raises(CheckpointError, match="not a readable sbjax checkpoint|not an sbjax checkpoint"):
         checkpoints.restore(saved)
 
