@@ -472,3 +472,21 @@ def test_batch_norm_makes_a_dead_channel_nonzero():
     # masking batch norm's scale and offset too (not a default rule) makes the channels zero again
     mask["bn"] = jax.tree.map(jnp.zeros_like, mask["bn"])
     assert _compute(model, variables, mask, (8, 8, 1)).memory_zero == 4
+
+
+def test_batch_group_count_matches_xla():
+    """``batch_group_count`` (as in a kernel-gradient convolution) enters through the output shape."""
+
+    def apply_fn(p, x):
+        return jax.lax.conv_general_dilated(
+            x, p["w"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), batch_group_count=2
+        )
+
+    params = {"w": jnp.ones((3, 3, 4, 6))}
+    m = metrics.compute(apply_fn, params, None, (7, 7, 4), batch_size=2)
+    # output (1, 5, 5, 6) for the batch of 2: 150 outputs x 9 taps x 4 inputs, over 2 examples
+    assert m.macs == 150 * 9 * 4 // 2
+    x = jnp.ones((2, 7, 7, 4))
+    analysis = jax.jit(apply_fn).lower(params, x).compile().cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    assert analysis["flops"] == 2 * m.macs * 2
