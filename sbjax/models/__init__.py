@@ -115,7 +115,7 @@ def init(
     """Builds model ``name`` and initializes its variables from ``key`` on a batch of one."""
     model = create(name, num_classes)
     x = jnp.zeros((1, *(shape or input_shape(name))), jnp.float32)
-    return model, model.init(key, x, train=False)
+    return model, jax.jit(lambda k, x: model.init(k, x, train=False))(key, x)
 
 
 def abstract_variables(
