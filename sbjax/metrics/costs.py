@@ -7,7 +7,8 @@ one that reproduces the reference values of SPEC section 5):
   per kernel element that reads into it: ``out_elements * kernel_taps * in_channels_per_group``.
   Padding, stride and dilation enter through the real output shape; taps that fall on padding
   are counted (the hardware executes them; ShrinkBench's counter ignored padding altogether, and
-  XLA's ``cost_analysis`` skips them, see ``docs/metrics.md``). ``feature_group_count`` enters
+  XLA's ``cost_analysis`` skips them, see ``docs/metrics.md``). Likewise for a transposed
+  convolution (``lhs_dilation > 1``), taps on the inserted zeros are counted. ``feature_group_count`` enters
   through the kernel's input-feature size (``in_channels / groups``); ``batch_group_count``
   through the output shape.
 * a matrix product (``dot_general``) costs ``out_elements * contracted_size``: every batch,
@@ -39,8 +40,7 @@ FREE_PRIMITIVES = frozenset(
 REDUCTIONS = frozenset(
     {
         "reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or",
-        "reduce_xor", "argmax", "argmin", "cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp",
-        "reduce_and", "sort",
+        "reduce_xor", "argmax", "argmin", "cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp", "sort",
     }
 )
 # One op per output element per window element (pooling).

@@ -16,8 +16,6 @@ from sbjax.metrics.walk import Call, Tally
 
 __all__ = ["LayerStats", "Metrics", "build", "format_table"]
 
-Number = "int | float"
-
 
 def _number(x: Fraction) -> int | float:
     return int(x) if x.denominator == 1 else float(x)

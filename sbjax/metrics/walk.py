@@ -264,7 +264,7 @@ def _simple(eqn, ins: list[Info], tally: Tally) -> list[Info]:
         return [Info(origin=i.origin, act=i.act, zero=i.zero) for i in ins]
     origin = _origin(name, ins) if len(eqn.outvars) == 1 else None
     outs = []
-    for k, shape in enumerate(out_shapes):
+    for shape in out_shapes:
         zero = _zero(eqn, ins, in_shapes, shape) if len(out_shapes) == 1 else None
         outs.append(Info(origin=origin, act=act, zero=zero))
     return outs
