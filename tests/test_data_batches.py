@@ -76,3 +76,8 @@ def test_eval_batches_cover_each_example_once(data):
     labels = np.concatenate([np.asarray(y)[np.asarray(v)] for _, y, v in parts])
     np.testing.assert_array_equal(labels, np.arange(N))
     assert jnp.sum(parts[-1][2]) == N - 48
+
+
+def test_epoch_batches_needs_typed_keys(data, transform):
+    with pytest.raises(ValueError, match="typed keys from jax.random.key"):
+        next(epoch_batches(*data, jax.random.PRNGKey(0), 0, B, transform))

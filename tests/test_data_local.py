@@ -146,3 +146,10 @@ def test_shared_cifar10_archive(shared_cifar10, split, n):
     np.testing.assert_array_equal(data.labels, np.repeat(np.arange(10, dtype=np.int32), n // 10))
     np.testing.assert_allclose(data.images.reshape(-1, 3).mean(0) / 255, (0.4914, 0.4822, 0.4465), atol=0.01)
     assert data.mean == get_spec("cifar10").mean
+
+
+def test_unreadable_cache_file_is_rebuilt(folder, cache_dir):
+    first = load("anything", "test", data_dir=folder)
+    (entry,) = cache_dir.glob("*.npz")
+    entry.write_bytes(b"not an npz")
+    np.testing.assert_array_equal(load("anything", "test", data_dir=folder).images, first.images)

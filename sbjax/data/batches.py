@@ -76,6 +76,8 @@ def epoch_batches(
 
     A single key (shape ``()``) yields per-model batches ``(B, ...)`` instead.
     """
+    if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        raise ValueError(f"keys must be typed keys from jax.random.key (shape () or (K,)), got {keys.dtype} {keys.shape}")
     n = labels.shape[0]
     if keys.ndim == 0:
         order, fn = epoch_order(keys, epoch, n), make_batch_fn(transform, batch_size)

@@ -90,7 +90,10 @@ def cached(key: str, build: Callable[[], ImageData], directory: Path | None = No
     """Returns the split cached under ``key``, building and caching it on a miss."""
     path = (directory or cache_dir()) / f"{key}.npz"
     if path.exists():
-        return load(path)
+        try:
+            return load(path)
+        except (OSError, ValueError, KeyError, EOFError):  # unreadable: decode again, overwrite
+            pass
     data = build()
     save(path, data)
     return data
