@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sbjax import fastconv
+
 __all__ = [
     "CONV_GENERAL_DILATED",
     "TORCH_BN_MOMENTUM",
@@ -32,7 +34,9 @@ __all__ = [
 ]
 
 #: The convolution primitive used by every model; replace it to change all of them at once.
-CONV_GENERAL_DILATED: Callable[..., jax.Array] = jax.lax.conv_general_dilated
+#: ``fastconv.conv_general_dilated`` gives the results of ``jax.lax.conv_general_dilated``
+#: bitwise, and trains faster on CPU (a fusion fence before the kernel gradient).
+CONV_GENERAL_DILATED: Callable[..., jax.Array] = fastconv.conv_general_dilated
 
 #: PyTorch's default ``BatchNorm`` momentum (the weight of the *new* batch statistic).
 TORCH_BN_MOMENTUM = 0.1
