@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The train-step figures on a GPU in under 5 minutes: masked vs dense (float32, bfloat16),
+# K = 1..32 vmapped vs sequential ResNet-20s, achieved fraction of peak FLOP/s, and PyTorch as
+# ShrinkBench when a CUDA PyTorch is installed. Needs a Python with sbjax and jax[cuda]:
+#   PYTHON=/path/to/python benchmarks/gpu.sh [extra flags of benchmarks/gpu.py]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+backend=$("$python" -c 'import jax; print(jax.default_backend())')
+if [ "$backend" = cpu ]; then
+  echo "jax sees no accelerator (backend: cpu); install jax[cuda12] or set PYTHON" >&2
+  exit 2
+fi
+nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv 2>/dev/null || true
+# Let XLA take what it needs; do not preallocate 75% of the memory for 32 models at once.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+PYTHONPATH="benchmarks${PYTHONPATH:+:$PYTHONPATH}" timeout 290 "$python" benchmarks/gpu.py "$@"
