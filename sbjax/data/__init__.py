@@ -3,7 +3,15 @@ a deterministic train/validation split, and on-device augmentation and batching 
 
 from sbjax.data.arrays import ImageData, stratified_split, train_val_split
 from sbjax.data.augment import make_transform, normalize, resolve_normalization
-from sbjax.data.batches import epoch_batches, epoch_order, make_batch_fn, make_multi_batch_fn, steps_per_epoch, to_device
+from sbjax.data.batches import (
+    epoch_batches,
+    epoch_order,
+    eval_batches,
+    make_batch_fn,
+    make_multi_batch_fn,
+    steps_per_epoch,
+    to_device,
+)
 from sbjax.data.registry import EMBEDDED, KNOWN, DatasetSpec, get_spec
 from sbjax.data.sources import SPLITS, load
 
@@ -15,6 +23,7 @@ __all__ = [
     "ImageData",
     "epoch_batches",
     "epoch_order",
+    "eval_batches",
     "get_spec",
     "load",
     "make_batch_fn",
