@@ -70,12 +70,17 @@ def test_num_classes_and_defaults():
 def test_train_mode_updates_batch_stats_and_eval_mode_is_deterministic():
     model, variables = models.init("resnet20", jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
-    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    train_step = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+    logits, updates = train_step(variables, x)
     assert logits.shape == (4, 10)
-    before = variables["batch_stats"]["bn1"]["mean"]
-    after = updates["batch_stats"]["bn1"]["mean"]
-    assert not np.allclose(before, after)
-    np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
+    _, updates2 = train_step({**variables, **updates}, x)
+    # PyTorch's momentum 0.1: new = 0.9 old + 0.1 batch, so with the same batch twice the
+    # second change is 0.9 times the first.
+    m0, m1, m2 = (np.asarray(v["batch_stats"]["bn1"]["mean"]) for v in (variables, updates, updates2))
+    assert not np.allclose(m0, m1)
+    np.testing.assert_allclose(m2 - m1, 0.9 * (m1 - m0), rtol=1e-4, atol=1e-6)
+    evaluate = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    np.testing.assert_array_equal(evaluate(variables, x), evaluate(variables, x))
 
 
 def test_all_convolutions_go_through_the_layer_factory(monkeypatch):
@@ -88,7 +93,8 @@ def test_all_convolutions_go_through_the_layer_factory(monkeypatch):
         return jax.lax.conv_general_dilated(*args, **kwargs)
 
     monkeypatch.setattr(layers, "CONV_GENERAL_DILATED", counting_conv)
-    model, variables = models.init("resnet20", jax.random.key(0))
-    calls.clear()
-    model.apply(variables, np.zeros((1, 32, 32, 3), np.float32))
-    assert len(calls) == 19  # 1 stem conv + 9 blocks x 2
+    for name, expected in (("resnet20", 19), ("resnet18", 20), ("mobilenet_v2", 52), ("vgg_bn_drop", 13)):
+        model, variables = models.create(name), models.abstract_variables(name)
+        calls.clear()
+        jax.eval_shape(lambda v, x: model.apply(v, x), variables, jax.ShapeDtypeStruct((1, *models.input_shape(name)), np.float32))
+        assert len(calls) == expected, name
