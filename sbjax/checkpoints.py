@@ -130,6 +130,8 @@ def save(
     path = pathlib.Path(directory).expanduser().resolve()
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path} already exists; choose another directory or overwrite it")
+    # An empty collection (``batch_stats`` of a model without batch norm) holds nothing to save.
+    variables = {k: v for k, v in variables.items() if k == "params" or jax.tree.leaves(v)}
     _check_structure(_shapes(variables), _expected(info), f"variables for {info.model}")
     record = {"format": FORMAT, "digest": digest(variables), **info.to_json()}
     ocp, checkpointer = _checkpointer()

@@ -9,6 +9,7 @@ on stderr with exit status 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -170,6 +171,88 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run(subparsers) -> None:
+    p = subparsers.add_parser("run", help="run a sweep (default: the embedded offline demo) and print its results")
+    p.add_argument("--config", help="a shipped config name or a JSON file (default: 'default'); see `sbjax configs`")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, JSON-parsed: seeds=[0,1], finetune.epochs=2 (repeatable)")
+    p.add_argument("--results", help="results folder (default: results/<config name>)")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from sbjax import config, experiment
+
+    sweep = config.load_sweep(args.config, args.sets)
+    folder = args.results or f"results/{sweep.name}"
+    print(f"sbjax run: {len(sweep.experiments())} experiments of {sweep.name!r} into {folder}", file=sys.stderr)
+    experiment.run_sweep(sweep, folder)
+    return _report(folder, plot=True)
+
+
+def _report(folder: str, plot: bool) -> int:
+    """Prints a results folder's summary table and report card; writes the CSVs (and plots)."""
+    import pandas as pd
+
+    from sbjax import plots, results
+
+    frame = results.aggregate(results.Store.open(folder).rows())
+    if frame.empty:
+        raise UserError(f"no finished experiments in {folder!r}")
+    summary = results.summarize(frame)
+    columns = ["model", "dataset", "strategy", "compression", "seeds", "top1_mean", "top1_std", "pre_top1_mean",
+               "speedup_mean", "real_compression_mean"]  # fmt: skip
+    with pd.option_context("display.max_rows", None, "display.width", 160, "display.float_format", "{:.4f}".format):
+        print(summary[[c for c in columns if c in summary]].to_string(index=False))
+    print(f"\nresults: {results.export(frame, f'{folder}/results.csv')}")
+    print(f"summary: {results.export(summary, f'{folder}/summary.csv')}")
+    if plot:
+        written = plots.plot_sweep(frame, f"{folder}/plots")
+        print(f"plots:   {', '.join(str(p) for p in written if p.suffix == '.png')}")
+    problems = plots.report_card(frame)
+    print("report card: " + ("complete" if not problems else f"{len(problems)} problem(s)"))
+    for problem in problems:
+        print(f"  - {problem}")
+    return 0
+
+
+def _add_results(subparsers) -> None:
+    p = subparsers.add_parser("results", help="aggregate a results folder: table, CSVs and report card")
+    p.add_argument("folder", help="a results folder written by `sbjax run`")
+    p.set_defaults(func=lambda args: _report(args.folder, plot=False))
+
+
+def _add_plot(subparsers) -> None:
+    p = subparsers.add_parser("plot", help="plot a results folder: accuracy vs compression and vs speedup")
+    p.add_argument("folder", help="a results folder written by `sbjax run`")
+    p.set_defaults(func=_cmd_plot)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from sbjax import plots, results
+
+    frame = results.aggregate(results.Store.open(args.folder).rows())
+    if frame.empty:
+        raise UserError(f"no finished experiments in {args.folder!r}")
+    for path in plots.plot_sweep(frame, f"{args.folder}/plots"):
+        print(path)
+    return 0
+
+
+def _add_configs(subparsers) -> None:
+    p = subparsers.add_parser("configs", help="list the shipped sweep configs")
+    p.set_defaults(func=_cmd_configs)
+
+
+def _cmd_configs(args: argparse.Namespace) -> int:
+    from sbjax import config
+
+    for name, path in sorted(config.shipped().items()):
+        sweep = config.load_sweep(name)
+        print(f"{name:20s} {len(sweep.experiments()):4d} experiments  {','.join(sweep.models)} on {','.join(sweep.datasets)}")
+    return 0
+
+
 def _add_eval(subparsers) -> None:
     p = subparsers.add_parser("eval", help="top-1, top-5 and loss of a checkpoint over a whole dataset split")
     p.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
@@ -202,6 +285,102 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_prune(subparsers) -> None:
+    p = subparsers.add_parser(
+        "prune", help="prune one model with one strategy at one compression; print its metrics (and accuracy)"
+    )
+    p.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
+    p.add_argument("--checkpoint", help="checkpoint folder or name under checkpoints/ (default: init from --seed)")
+    p.add_argument("--strategy", required=True, help="pruning strategy (see `sbjax strategies`)")
+    p.add_argument("--compression", required=True, type=float, help="target compression N_total / N_nonzero")
+    p.add_argument("--dataset", help="score and evaluate on this dataset (test split); default: no data, "
+                                     "gradient/activation scores from a random batch")  # fmt: skip
+    p.add_argument("--data-dir", help="local image folder or archive for --dataset")
+    p.add_argument("--seed", type=int, default=0, help="seed of the init, random masks and scoring batch (default 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=_cmd_prune)
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    import json
+
+    from sbjax import experiment, masks, metrics, models, strategies
+    from sbjax.config import ExperimentConfig
+
+    strategies.get(args.strategy)  # an unknown name fails before any work
+    accuracy = {}
+    if args.dataset:
+        config = ExperimentConfig(args.dataset, args.model, args.strategy, args.compression, args.seed,
+                                  checkpoint=args.checkpoint, data_dir=args.data_dir)  # fmt: skip
+        setup = experiment.prepare(config)
+        model, variables, shape = setup.model, setup.variables, setup.input_shape
+        mask = experiment.make_mask(setup, config)
+        pruned = {**variables, "params": masks.apply_mask(variables["params"], mask)}
+        accuracy = {"unpruned": experiment.accuracy(setup, variables, setup.test),
+                    "pruned": experiment.accuracy(setup, pruned, setup.test)}  # fmt: skip
+    else:
+        model, variables = _model_variables(args)
+        shape = models.input_shape(args.model)
+        num_classes = model.num_classes if hasattr(model, "num_classes") else models.num_classes(args.model)
+        mask = _strategy_mask(args, model, variables, shape, num_classes)
+    result = metrics.compute_module(model, variables, mask, shape, train=False)
+    if args.json:
+        header = {"model": args.model, "checkpoint": args.checkpoint, "dataset": args.dataset,
+                  "strategy": args.strategy, "target_compression": args.compression, "seed": args.seed}  # fmt: skip
+        print(json.dumps({**header, **result.to_dict(), "accuracy": accuracy}))
+        return 0
+    print(f"{args.model}: {args.strategy} at compression {args.compression:g} (seed {args.seed})\n")
+    print(metrics.format_table(result))
+    for name, scores in accuracy.items():
+        print(f"\n{name:9s} on {args.dataset} test: top1 {scores['top1']:.4f}  top5 {scores['top5']:.4f}  "
+              f"loss {scores['loss']:.4f}")  # fmt: skip
+    return 0
+
+
+def _model_variables(args: argparse.Namespace):
+    """``--checkpoint`` restored, or the model initialized from ``--seed``."""
+    import jax
+
+    from sbjax import checkpoints, experiment, models
+
+    if args.checkpoint:
+        variables, info = checkpoints.restore(experiment.checkpoint_dir(args.checkpoint), model=args.model)
+        return models.create(args.model, info.num_classes), variables
+    return models.init(args.model, jax.random.key(args.seed))
+
+
+def _add_train(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model from its initialization and save a pretrained checkpoint")
+    p.add_argument("--model", required=True, help="registered model name, e.g. mnistnet")
+    p.add_argument("--dataset", required=True, help="dataset name, e.g. mnist5k (embedded)")
+    p.add_argument("--data-dir", help="local image folder or archive for --dataset")
+    p.add_argument("--preset", default="thesis-cifar", help="finetuning preset (default: %(default)s)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset setting, JSON-parsed: epochs=5, lr=0.001 (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialization and batch order (default 0)")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--force", action="store_true", help="overwrite an existing checkpoint folder")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import shlex
+
+    from sbjax import config, pretrain
+
+    overrides = [config.parse_set(item) for item in args.sets]
+    nested = [".".join(keys) for keys, _ in overrides if len(keys) > 1]
+    if nested:
+        raise UserError(f"--set takes finetune settings without a prefix, e.g. epochs=5; got {nested[0]}")
+    experiment = config.ExperimentConfig(args.dataset, args.model, "none", 1, args.seed, data_dir=args.data_dir,
+                                         preset=args.preset, finetune={keys[0]: v for keys, v in overrides})  # fmt: skip
+    command = "sbjax " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    path, test = pretrain.pretrain(experiment, args.out, command=command, overwrite=args.force)
+    print(f"test top1 {test['top1']:.4f} top5 {test['top5']:.4f} loss {test['loss']:.4f}")
+    print(f"saved to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sbjax import __version__
 
@@ -210,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sbjax {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_run(subparsers)
+    _add_results(subparsers)
+    _add_plot(subparsers)
+    _add_configs(subparsers)
+    _add_prune(subparsers)
+    _add_train(subparsers)
     _add_strategies(subparsers)
     _add_metrics(subparsers)
     _add_port(subparsers)
@@ -231,6 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sbjax {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped early (| head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

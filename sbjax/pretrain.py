@@ -1,0 +1,48 @@
+"""SHELL: train a model densely from its initialization and save it as a pretrained checkpoint.
+
+This is how sbjax makes the pretrained model of its embedded default sweep (``sbjax train``);
+it is the same finetuning loop with an all-ones mask, so the checkpoint records the exact
+command, the normalization it was trained with and its test accuracy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+
+from sbjax import checkpoints, masks
+from sbjax.config import ExperimentConfig
+from sbjax.experiment import _keys, accuracy, finetune_config, prepare
+
+__all__ = ["pretrain"]
+
+
+def pretrain(config: ExperimentConfig, out: str | Path, *, command: str, overwrite: bool = False) -> tuple[Path, dict]:
+    """Trains ``config.model`` on ``config.dataset`` from the seed's initialization and saves it.
+
+    Args:
+        config: the dataset, model, seed, preset and overrides (strategy ``"none"``).
+        out: the checkpoint folder to write.
+        command: the command line that reproduces the checkpoint (recorded as its source).
+        overwrite: replace an existing checkpoint.
+
+    Returns:
+        ``(path, test accuracy)``.
+    """
+    from sbjax.finetune import finetune
+
+    if config.checkpoint:
+        raise ValueError("pretraining starts from the initialization; do not give a checkpoint")
+    setup = prepare(config)
+    result = finetune(setup.model, setup.variables, masks.ones_like(setup.variables["params"]), setup.train, setup.val,
+                      finetune_config(config), _keys(config.seed)["finetune"],
+                      transform_train=setup.transform(True), transform_eval=setup.transform(False))  # fmt: skip
+    test = accuracy(setup, result.variables, setup.test)
+    info = checkpoints.CheckpointInfo(
+        model=config.model, num_classes=setup.train.num_classes, input_shape=setup.input_shape, source=command,
+        mean=setup.mean, std=setup.std, accuracy=round(100 * test["top1"], 2), dataset=config.dataset,
+        name=Path(out).name,
+    )  # fmt: skip
+    return checkpoints.save(out, jax.device_get(result.variables), info, overwrite=overwrite), test
+
