@@ -60,7 +60,7 @@ def timed(step, state, x, y, steps: int):
     """(compiled FLOPs per step, ``run() -> seconds``) with the step compiled and warmed up."""
     flops = step.lower(state, x, y).compile().cost_analysis()
     flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
-    box = [state]
+    box = [jax.tree.map(jnp.copy, state)]  # steps may donate their input
     box[0], m = step(box[0], x, y)
     jax.block_until_ready(m)
 
