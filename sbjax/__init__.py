@@ -17,6 +17,8 @@ from sbjax.scoring import cross_entropy, scoring_inputs
 from sbjax.selection import Selection, prunable, prunable_paths, weight_layers
 from sbjax.strategies import global_mask, layer_mask, map_prunable, map_prunable_with_path
 from sbjax.threshold import global_keep, keep_count, layer_keep
+from sbjax.optim import FinetuneConfig, OptimizerConfig, make_optimizer, preset
+from sbjax.train import TrainState, init_state, make_eval_step, make_loss_fn, make_predict_fn, make_train_step
 from sbjax import models, strategies
 
 __version__ = "0.1.0"
@@ -24,8 +26,11 @@ __version__ = "0.1.0"
 __all__ = [
     "CompressionError",
     "Counts",
+    "FinetuneConfig",
     "MaskMismatchError",
+    "OptimizerConfig",
     "Selection",
+    "TrainState",
     "apply_mask",
     "check_mask",
     "combine",
@@ -38,16 +43,23 @@ __all__ = [
     "fraction_for",
     "global_keep",
     "global_mask",
+    "init_state",
     "keep_count",
     "layer_keep",
     "layer_mask",
     "leaf_counts",
     "leaf_density",
+    "make_eval_step",
+    "make_loss_fn",
+    "make_optimizer",
+    "make_predict_fn",
+    "make_train_step",
     "map_prunable",
     "map_prunable_with_path",
     "max_compression",
     "models",
     "ones_like",
+    "preset",
     "prunable",
     "prunable_paths",
     "scoring_inputs",
