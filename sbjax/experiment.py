@@ -55,7 +55,13 @@ class Setup:
     input_shape: tuple[int, ...]
 
     def transform(self, train: bool):
-        return data_lib.make_transform(self.spec.augmentation, self.mean, self.std, train, self.spec.image_size)
+        """The (cached) training or evaluation transform: one function, so batch steps compile once."""
+        return self._transforms[train]
+
+    @functools.cached_property
+    def _transforms(self):
+        make = functools.partial(data_lib.make_transform, self.spec.augmentation, self.mean, self.std)
+        return {train: make(train, self.spec.image_size) for train in (False, True)}
 
     @functools.cached_property
     def eval_step(self):

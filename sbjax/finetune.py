@@ -15,6 +15,8 @@ exactly the result of an uninterrupted run on the same machine.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import sys
 import time
 from collections.abc import Callable
@@ -29,7 +31,7 @@ import numpy as np
 from sbjax import train as train_lib
 from sbjax.data.arrays import ImageData
 from sbjax.data.batches import epoch_batches, eval_batches, steps_per_epoch, to_device
-from sbjax.optim import FinetuneConfig, make_optimizer
+from sbjax.optim import FinetuneConfig, OptimizerConfig, make_optimizer
 
 Variables = Any
 Mask = Any
@@ -110,14 +112,26 @@ def _evaluate(eval_step, variables: Variables, images, labels, transform, batch_
 def _train_epoch(step, state, data, key, epoch: int, settings: FinetuneConfig, transform, progress, epochs):
     images, labels = data
     steps = steps_per_epoch(labels.shape[0], settings.batch_size)
+    steps = min(steps, settings.steps_per_epoch or steps)
     loss, top1 = jnp.zeros(()), jnp.zeros((), jnp.int32)
     dropout = jax.random.fold_in(jax.random.fold_in(key, 1), epoch)
     batches = epoch_batches(images, labels, jax.random.fold_in(key, 0), epoch, settings.batch_size, transform)
-    for i, (x, y) in enumerate(batches):
+    for i, (x, y) in enumerate(itertools.islice(batches, steps)):
         state, metrics = step(state, x, y, jax.random.fold_in(dropout, i))
         loss, top1 = loss + metrics["loss"], top1 + metrics["top1"]
         progress.step(epoch + 1, epochs, i + 1, steps)
     return state, {"train_loss": float(loss) / steps, "train_top1": int(top1) / (steps * settings.batch_size)}
+
+
+@functools.lru_cache(maxsize=8)
+def _steps(model: nn.Module, optimizer: OptimizerConfig):
+    """The optimizer and the jitted train and eval steps, built once per (model, optimizer).
+
+    A sweep finetunes many masks of one model: the mask is data, so one compilation serves all.
+    """
+    tx = make_optimizer(optimizer)
+    step = train_lib.make_train_step(train_lib.make_loss_fn(model), tx)
+    return tx, step, train_lib.make_eval_step(train_lib.make_predict_fn(model))
 
 
 def _variables(state: train_lib.TrainState) -> Variables:
@@ -153,10 +167,8 @@ def finetune(
         eval_batch_size: examples per validation forward pass.
         log: called with one line per epoch (default: stderr, with a live bar on a terminal).
     """
-    tx = make_optimizer(settings.optimizer)
+    tx, step, eval_step = _steps(model, settings.optimizer)
     state = train_lib.init_state(variables["params"], variables.get("batch_stats", {}), mask, tx)
-    step = train_lib.make_train_step(train_lib.make_loss_fn(model), tx)
-    eval_step = train_lib.make_eval_step(train_lib.make_predict_fn(model))
     train_data, val_data = to_device(train.images, train.labels), to_device(val.images, val.labels)
     store = None if checkpoint_dir is None else _Store(Path(checkpoint_dir), settings)
     run = _Run(state, _variables(state), []) if store is None else store.restore(state)

@@ -121,12 +121,15 @@ class FinetuneConfig:
         optimizer: the optimizer.
         patience: stop after this many consecutive epochs of falling validation accuracy;
             ``None`` never stops early.
+        steps_per_epoch: at most this many steps per epoch (a fixed, short budget; each
+            epoch still draws its batches from a fresh permutation); ``None``: whole epochs.
     """
 
     batch_size: int = 128
     epochs: int = 30
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     patience: int | None = None
+    steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
@@ -135,6 +138,8 @@ class FinetuneConfig:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if self.patience is not None and self.patience <= 0:
             raise ValueError(f"patience must be > 0 or None, got {self.patience}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch <= 0:
+            raise ValueError(f"steps_per_epoch must be > 0 or None, got {self.steps_per_epoch}")
 
     def replace(self, **changes) -> FinetuneConfig:
         """A copy with some fields changed."""
