@@ -262,6 +262,8 @@ def _add_eval(subparsers) -> None:
     p.add_argument("--tfds-data-dir", help="tensorflow-datasets data directory (default: $TFDS_DATA_DIR)")
     p.add_argument("--split", default="test", help="test (default), validation (held out of train) or train")
     p.add_argument("--batch-size", type=int, default=500, help="examples per forward pass (default 500)")
+    p.add_argument("--subset", type=int, metavar="N",
+                   help="evaluate a fixed class-balanced subset of N examples (a sweep's test_size)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_eval)
 
@@ -275,7 +277,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size {args.batch_size} must be a positive integer")
     result = evaluate_checkpoint(
         args.model, args.checkpoint, args.dataset, split=args.split, data_dir=args.data_dir,
-        tfds_data_dir=args.tfds_data_dir, batch_size=args.batch_size,
+        tfds_data_dir=args.tfds_data_dir, batch_size=args.batch_size, subset=args.subset,
     )
     if args.json:
         print(json.dumps(result))

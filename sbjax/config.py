@@ -48,6 +48,8 @@ class ExperimentConfig:
             initializes the model from the seed.
         data_dir: a local image folder or archive for the dataset.
         val_size: validation examples held out of train (count or fraction).
+        test_size: evaluate on a fixed class-balanced subset of the test split of this size
+            (``None``: the whole split); ``sbjax eval --subset`` evaluates the same subset.
         preset: finetuning preset (``sbjax.optim.PRESETS``).
         finetune: overrides of the preset, as sorted ``(key, value)`` pairs.
         score_batch: batch size for gradient/activation scores (``None``: the finetuning batch size).
@@ -61,6 +63,7 @@ class ExperimentConfig:
     checkpoint: str | None = None
     data_dir: str | None = None
     val_size: float = 0.1
+    test_size: int | None = None
     preset: str = "thesis-cifar"
     finetune: tuple[tuple[str, Any], ...] = ()
     score_batch: int | None = None
@@ -68,6 +71,8 @@ class ExperimentConfig:
     def __post_init__(self):
         object.__setattr__(self, "finetune", _freeze(self.finetune))
         object.__setattr__(self, "compression", float(self.compression))
+        if self.test_size is not None and (not isinstance(self.test_size, int) or self.test_size < 1):
+            raise ConfigError(f"test_size must be a positive count or null, got {self.test_size!r}")
         if self.compression < 1:
             raise ConfigError(f"compression must be >= 1, got {self.compression:g}")
         if (self.strategy == REFERENCE) != (self.compression == 1):
@@ -76,8 +81,13 @@ class ExperimentConfig:
 
     @property
     def id(self) -> str:
-        """A stable hash of the full configuration (16 hex digits)."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=list)
+        """A stable hash of the full configuration (16 hex digits).
+
+        Unset (``None``) fields are left out, so adding an optional field later keeps the ids of
+        existing results.
+        """
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        text = json.dumps(fields, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +110,7 @@ class SweepConfig:
     checkpoints: tuple[tuple[str, str], ...] = ()
     data_dir: str | None = None
     val_size: float = 0.1
+    test_size: int | None = None
     preset: str = "thesis-cifar"
     finetune: tuple[tuple[str, Any], ...] = ()
     score_batch: int | None = None
@@ -120,7 +131,7 @@ class SweepConfig:
     def experiments(self) -> list[ExperimentConfig]:
         """Every experiment of the grid, references first, in a stable order."""
         checkpoints = dict(self.checkpoints)
-        common = dict(data_dir=self.data_dir, val_size=self.val_size, preset=self.preset,
+        common = dict(data_dir=self.data_dir, val_size=self.val_size, test_size=self.test_size, preset=self.preset,
                       finetune=self.finetune, score_batch=self.score_batch)  # fmt: skip
         out = []
         for dataset in self.datasets:

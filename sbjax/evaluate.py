@@ -66,6 +66,7 @@ def evaluate_model(
     tfds_data_dir: str | None = None,
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
     batch_size: int = 500,
+    subset: int | None = None,
     verbose: bool = True,
 ) -> dict[str, object]:
     """Evaluates registered model ``model_name`` with ``variables`` on a dataset split.
@@ -79,6 +80,8 @@ def evaluate_model(
         tfds_data_dir: TFDS's data directory.
         normalization: The checkpoint's own ``(mean, std)``; wins over the dataset's default.
         batch_size: Examples per forward pass.
+        subset: Evaluate a fixed class-balanced subset of this many examples (``None``: all);
+            the one a sweep with the same ``test_size`` uses.
         verbose: Print decoding progress.
 
     Returns:
@@ -88,6 +91,7 @@ def evaluate_model(
     from sbjax import data, models, train
 
     split_data = data.load(dataset, split, data_dir=data_dir, tfds_data_dir=tfds_data_dir, verbose=verbose)
+    split_data = data.stratified_subset(split_data, subset)
     spec = data.get_spec(dataset, local=data_dir is not None)
     mean, std = data.resolve_normalization((split_data.mean, split_data.std), normalization)
     model = models.create(model_name, split_data.num_classes)

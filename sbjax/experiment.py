@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -86,6 +87,7 @@ def prepare(config: ExperimentConfig, *, verbose: bool = True) -> Setup:
 
     load = functools.partial(data_lib.load, config.dataset, data_dir=config.data_dir, val_size=config.val_size, verbose=verbose)
     splits = {split: load(split) for split in ("train", "validation", "test")}
+    splits["test"] = data_lib.stratified_subset(splits["test"], config.test_size)
     spec = data_lib.get_spec(config.dataset, local=config.data_dir is not None)
     shape = (spec.image_size, spec.image_size, splits["train"].images.shape[-1])
     normalization = None
@@ -206,7 +208,7 @@ def _check_reachable(setup: Setup, config: ExperimentConfig, compressions) -> No
 
 
 def _setup_key(config: ExperimentConfig) -> tuple:
-    return (config.dataset, config.model, config.checkpoint, config.data_dir, config.val_size,
+    return (config.dataset, config.model, config.checkpoint, config.data_dir, config.val_size, config.test_size,
             None if config.checkpoint else config.seed)  # fmt: skip
 
 
@@ -253,6 +255,7 @@ def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, log: Callable[[str
             row = run_experiment(setups[key], config, store.folder(config.id))
             store.write_log(config.id, row.pop("history"))
             store.write_result(config.id, row)
+            shutil.rmtree(store.folder(config.id) / "finetune", ignore_errors=True)  # resume state, now spent
             log(f"{label}: top1 {row['pre_top1']:.4f} -> {row['top1']:.4f}, speedup {row['speedup']:.2f}, "
                 f"{row['wall_time']:.1f}s")  # fmt: skip
     return store.rows()

@@ -1,7 +1,7 @@
 """Data: datasets by name (tensorflow-datasets, local folders and archives, an embedded sample),
 a deterministic train/validation split, and on-device augmentation and batching in JAX."""
 
-from sbjax.data.arrays import ImageData, stratified_split, train_val_split
+from sbjax.data.arrays import ImageData, stratified_split, stratified_subset, train_val_split
 from sbjax.data.augment import make_transform, normalize, resolve_normalization
 from sbjax.data.batches import (
     epoch_batches,
@@ -33,6 +33,7 @@ __all__ = [
     "resolve_normalization",
     "steps_per_epoch",
     "stratified_split",
+    "stratified_subset",
     "to_device",
     "train_val_split",
 ]

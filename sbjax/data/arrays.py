@@ -84,3 +84,16 @@ def train_val_split(data: ImageData, val_size: int | float, seed: int = 0) -> tu
     """Holds a validation set out of a training split; see :func:`stratified_split`."""
     train, val = stratified_split(data.labels, val_size, seed)
     return data.take(train), data.take(val)
+
+
+def stratified_subset(data: ImageData, size: int | None, seed: int = 0) -> ImageData:
+    """A fixed, class-balanced subset of ``size`` examples (all of them if ``size`` is None or >= N).
+
+    The same ``(size, seed)`` always selects the same examples (see :func:`stratified_split`), so
+    a scaled-down evaluation is reproducible and can be repeated by ``sbjax eval --subset``.
+    """
+    if size is None or size >= len(data.labels):
+        return data
+    if size < 1:
+        raise ValueError(f"subset size must be a positive count, got {size!r}")
+    return data.take(stratified_split(data.labels, size, seed)[1])
