@@ -13,7 +13,8 @@ Sections:
   the masked and the dense (no mask) step; PyTorch doing what ShrinkBench does (``Conv2d`` and
   ``Linear`` computing ``weight * mask`` in forward, SGD Nesterov 0.9, NCHW), same threads.
 - ``models``: K = 1, 2, 4 (``--ks``) masked ResNet-20s per job, ``vmap`` vs ``sequential`` in
-  one jit, and K pinned processes with one model each; images/s in total and per model.
+  one jit, ``sharded`` over one simulated XLA CPU device per core, and K processes with one
+  model each, pinned round-robin to the cores; images/s in total and per model.
 
     python benchmarks/train_step.py [--section core|models|all] [--batch 128] [--steps 4]
         [--rounds 5] [--threads 2] [--ks 1,2,4]
@@ -44,7 +45,7 @@ def jax_worker(args) -> dict:
 
     from sbjax import fastconv, models, strategies
     from sbjax.models import layers
-    from sbjax.stacked import make_stacked_step, stack
+    from sbjax.stacked import make_stacked_step, model_mesh, shard, stack
     from sbjax.train import init_state, make_loss_fn, make_train_step
 
     layers.CONV_GENERAL_DILATED = fastconv.conv_general_dilated if args.conv == "fast" else jax.lax.conv_general_dilated
@@ -61,7 +62,11 @@ def jax_worker(args) -> dict:
                  "dense": (make_dense_step(loss_fn, tx), state)}
         return {name: _runner(step, st, x[0], y[0]) for name, (step, st) in steps.items()}
     step = make_stacked_step(loss_fn, tx, args.execution, donate=True)
-    return {args.execution: _runner(step, stack([state] * k), x, y)}
+    states = stack([state] * k)
+    if args.execution == "sharded":  # model axis over the (simulated) CPU devices
+        mesh = model_mesh()
+        states, x, y = shard(states, mesh), shard(x, mesh), shard(y, mesh)
+    return {args.execution: _runner(step, states, x, y)}
 
 
 def make_dense_step(loss_fn, tx):
@@ -207,6 +212,10 @@ def models_workers(args) -> dict[str, tuple[list[Worker], str, int]]:
             worker = Worker(f"{k}{execution}", [*flags, "--models", str(k), "--execution", execution], tuned=True)
             out[f"K={k} {execution}"] = ([worker], execution, k * args.batch)
         out[f"K={k} processes"] = (procs[:k], "masked", args.batch)
+        devices = f"--xla_force_host_platform_device_count={os.cpu_count()}"
+        if k % os.cpu_count() == 0:
+            worker = Worker(f"{k}sharded", [*flags, "--models", str(k), "--execution", "sharded"], tuned=True, XLA_FLAGS=devices)
+            out[f"K={k} sharded"] = ([worker], "sharded", k * args.batch)
     return out
 
 
