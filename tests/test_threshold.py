@@ -88,3 +88,22 @@ def test_layer_selection_is_monotone_in_fraction(a, fraction):
     large = np.asarray(threshold.layer_keep(jnp.asarray(a), fraction))
     assert small.sum() == round(fraction * 0.5 * a.size) and large.sum() == round(fraction * a.size)
     assert not (small & ~large).any()  # keeping less never keeps anything new
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.013, 0.5, 0.999, 1.0])
+def test_large_leaves_use_every_counting_layout_and_stay_exact(fraction):
+    # sizes that exercise the (rows, lanes) blocks, the lane remainder and the short tail
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 50, size=2 * threshold.BLOCK + 3 * threshold.LANES + 17).astype(np.float32)  # many ties
+    b = rng.standard_normal(threshold.LANES * 5 + 1).astype(np.float32)
+    c = np.full(300, 25.0, np.float32)
+    keep = jax.jit(threshold.global_keep)({"a": jnp.asarray(a), "b": jnp.asarray(b), "c": jnp.asarray(c)}, fraction)
+    flat_scores = np.concatenate([a, b, c])
+    k = round(fraction * flat_scores.size)
+    expected = np.zeros(flat_scores.size, bool)
+    expected[np.argsort(-flat_scores, kind="stable")[:k]] = True
+    got = np.concatenate([np.asarray(keep[n]) for n in "abc"])
+    assert got.sum() == k
+    np.testing.assert_array_equal(got, expected)
+    layer = jax.jit(threshold.layer_keep)({"a": jnp.asarray(a)}, fraction)["a"]
+    assert int(layer.sum()) == round(fraction * a.size)
