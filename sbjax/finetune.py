@@ -182,7 +182,10 @@ def finetune(
         progress.epoch(row, settings.epochs)
         if store is not None:
             store.save(run)
-    return run.result()
+    result = run.result()
+    if "batch_stats" not in variables:  # hand back the caller's variable collections
+        result = dataclasses.replace(result, variables={"params": result.variables["params"]})
+    return result
 
 
 @dataclasses.dataclass

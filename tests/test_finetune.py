@@ -66,3 +66,26 @@ def test_progress_writes_plain_lines_when_not_a_terminal(capsys):
     progress.epoch(dict(epoch=1, train_loss=1.0, train_top1=0.5, val_loss=0.9, val_top1=0.6, val_top5=1.0, seconds=2.0), 2)
     assert lines == ["epoch 1/2: train loss 1.0000 top1 0.5000, val loss 0.9000 top1 0.6000 top5 1.0000 (2.0s)"]
     assert capsys.readouterr().err == ""
+
+
+def test_a_model_without_batch_norm_gets_back_only_its_params():
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from sbjax.finetune import finetune
+    from sbjax.optim import FinetuneConfig, OptimizerConfig
+
+    class Linear(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            return nn.Dense(4)(nn.relu(nn.Dense(8)(x.reshape(x.shape[0], -1))))
+
+    model = Linear()
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    mask = jax.tree.map(jnp.ones_like, variables["params"])
+    result = finetune(model, variables, mask, finetune_run.split(1, 32), finetune_run.split(2, 8),
+                      FinetuneConfig(16, 1, OptimizerConfig("adam", lr=1e-3)), jax.random.key(1),
+                      transform_train=finetune_run.transform, transform_eval=finetune_run.transform,
+                      log=lambda line: None)  # fmt: skip
+    assert set(result.variables) == {"params"} and result.epochs == 1 and result.best_epoch == 1
