@@ -100,6 +100,8 @@ class SweepConfig:
 
     Compression 1 is the unpruned reference, run once per (dataset, model, seed) and shared by
     every strategy's curve. ``checkpoints`` maps a model name to its checkpoint.
+    ``models_per_job`` finetunes up to that many experiments of one model together
+    (``sbjax.finetune_many``); it changes neither the results nor the experiment ids.
     """
 
     datasets: tuple[str, ...]
@@ -115,6 +117,7 @@ class SweepConfig:
     finetune: tuple[tuple[str, Any], ...] = ()
     score_batch: int | None = None
     name: str = "sweep"
+    models_per_job: int = 1
 
     def __post_init__(self):
         for field in ("datasets", "models", "strategies", "compressions", "seeds"):
@@ -127,6 +130,8 @@ class SweepConfig:
         checkpoints = self.checkpoints.items() if isinstance(self.checkpoints, Mapping) else self.checkpoints
         object.__setattr__(self, "checkpoints", tuple(sorted(tuple(p) for p in checkpoints)))
         object.__setattr__(self, "finetune", _freeze(self.finetune))
+        if isinstance(self.models_per_job, bool) or not isinstance(self.models_per_job, int) or self.models_per_job < 1:
+            raise ConfigError(f"models_per_job must be a positive count, got {self.models_per_job!r}")
 
     def experiments(self) -> list[ExperimentConfig]:
         """Every experiment of the grid, references first, in a stable order."""

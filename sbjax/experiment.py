@@ -8,17 +8,21 @@ augmentation.
 
 A sweep runs the experiments of a grid that are not finished yet, sharing the loaded data and
 model between experiments of the same (dataset, model, checkpoint), and writes each result as
-soon as it exists: killing a sweep loses at most the experiment in progress.
+soon as it exists: killing a sweep loses at most the experiment in progress. With
+``models_per_job`` K > 1, up to K experiments of one setup are finetuned together as one job
+(``sbjax.finetune_many``), with the rows of one-by-one runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import hashlib
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +38,8 @@ from sbjax import models, scoring, strategies, train
 from sbjax.config import REFERENCE, ExperimentConfig, SweepConfig
 from sbjax.optim import FinetuneConfig, OptimizerConfig, preset
 
-__all__ = ["Setup", "checkpoint_dir", "finetune_config", "make_mask", "prepare", "run_experiment", "run_sweep"]
+__all__ = ["Setup", "checkpoint_dir", "finetune_config", "make_mask", "prepare", "run_experiment", "run_experiments",
+           "run_sweep"]
 
 Mask = Any
 Variables = dict[str, Any]
@@ -177,14 +182,32 @@ def _finetune(setup: Setup, config: ExperimentConfig, variables: Variables, mask
     return result.variables, result.history, result.epochs
 
 
-def run_experiment(setup: Setup, config: ExperimentConfig, folder: Path | None = None) -> dict[str, Any]:
-    """Runs one experiment on a prepared setup and returns its result row."""
-    start = time.perf_counter()
+def _finetune_many(setup: Setup, configs: Sequence[ExperimentConfig], variables: Sequence[Variables],
+                   masks: Sequence[Mask], folder: Path | None) -> list[tuple]:  # fmt: skip
+    """``_finetune`` of experiments sharing a finetuning setup, as one many-models job."""
+    settings = finetune_config(configs[0])
+    if settings.epochs == 0:
+        return [(v, [], 0) for v in variables]
+    from sbjax.finetune_many import finetune_many
+
+    results = finetune_many(setup.model, variables, masks, setup.train, setup.val, settings,
+                            [_keys(config.seed)["finetune"] for config in configs],
+                            transform_train=setup.transform(True), transform_eval=setup.transform(False),
+                            checkpoint_dir=folder)  # fmt: skip
+    return [(r.variables, r.history, r.epochs) for r in results]
+
+
+def _prune(setup: Setup, config: ExperimentConfig) -> tuple[Mask, Variables, dict[str, float]]:
+    """The mask, the pruned variables and their test accuracy."""
     mask = make_mask(setup, config)
-    params = masks_lib.apply_mask(setup.variables["params"], mask)
-    pruned = {**setup.variables, "params": params}
-    before = accuracy(setup, pruned, setup.test)
-    after_vars, history, epochs = _finetune(setup, config, pruned, mask, folder)
+    pruned = {**setup.variables, "params": masks_lib.apply_mask(setup.variables["params"], mask)}
+    return mask, pruned, accuracy(setup, pruned, setup.test)
+
+
+def _row(setup: Setup, config: ExperimentConfig, mask: Mask, before: dict[str, float], finetuned: tuple,
+         start: float) -> dict[str, Any]:  # fmt: skip
+    """The result row, from the finetuning's ``(variables, history, epochs)``; ``start`` times it."""
+    after_vars, history, epochs = finetuned
     after = before if epochs == 0 else accuracy(setup, after_vars, setup.test)
     val = max((h["val_top1"] for h in history), default=None)
     return dict(
@@ -195,6 +218,32 @@ def run_experiment(setup: Setup, config: ExperimentConfig, folder: Path | None =
         top1=after["top1"], top5=after["top5"], loss=after["loss"], val_top1=val, epochs=epochs,
         wall_time=time.perf_counter() - start, history=history,
     )  # fmt: skip
+
+
+def run_experiment(setup: Setup, config: ExperimentConfig, folder: Path | None = None) -> dict[str, Any]:
+    """Runs one experiment on a prepared setup and returns its result row."""
+    start = time.perf_counter()
+    mask, pruned, before = _prune(setup, config)
+    return _row(setup, config, mask, before, _finetune(setup, config, pruned, mask, folder), start)
+
+
+def run_experiments(setup: Setup, configs: Sequence[ExperimentConfig], folder: Path | None = None) -> list[dict[str, Any]]:
+    """Runs experiments sharing a finetuning setup, finetuned as one many-models job.
+
+    The rows equal ``run_experiment``'s (timings aside); each ``wall_time`` is the experiment's
+    own pruning and evaluation time plus its share of the job's finetuning.
+    """
+    spent, masks, pruned, before = [], [], [], []
+    for config in configs:
+        start = time.perf_counter()
+        for into, value in zip((masks, pruned, before), _prune(setup, config)):
+            into.append(value)
+        spent.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    finetuned = _finetune_many(setup, configs, pruned, masks, folder)
+    share = (time.perf_counter() - start) / len(configs)
+    return [_row(setup, config, mask, b, f, time.perf_counter() - s - share)
+            for config, mask, b, f, s in zip(configs, masks, before, finetuned, spent)]  # fmt: skip
 
 
 def _check_reachable(setup: Setup, config: ExperimentConfig, compressions) -> None:
@@ -225,11 +274,30 @@ def validate(sweep: SweepConfig) -> None:
     finetune_config(sweep.experiments()[0])
 
 
+def _chunks(experiments: Sequence[ExperimentConfig], size: int) -> list[list[ExperimentConfig]]:
+    """Experiments in jobs of at most ``size`` that share a setup and a finetuning setup.
+
+    ``size`` 1 keeps the grid's order; otherwise jobs follow the first appearance of their group.
+    """
+    if size == 1:
+        return [[config] for config in experiments]
+    groups: dict[tuple, list[ExperimentConfig]] = {}
+    for config in experiments:
+        groups.setdefault((_setup_key(config), config.preset, config.finetune), []).append(config)
+    return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
+
+
+def _label(config: ExperimentConfig, i: int, n: int) -> str:
+    return f"[{i}/{n}] {config.model} {config.strategy} x{config.compression:g} seed {config.seed}"
+
+
 def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, log: Callable[[str], None] | None = None) -> list[dict]:
     """Runs every unfinished experiment of ``sweep`` into ``results_dir``; returns all finished rows.
 
     Finished experiments are skipped; an experiment another process is running is skipped too.
-    Each result is written as soon as it exists.
+    Each result is written as soon as it exists. With ``sweep.models_per_job`` K > 1, up to K
+    experiments that share a model and a finetuning setup are finetuned together
+    (``sbjax.finetune_many``), with rows equal to those of one-by-one runs.
     """
     from sbjax.results import Store
 
@@ -237,25 +305,47 @@ def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, log: Callable[[str
     validate(sweep)
     store = Store(results_dir)
     experiments = sweep.experiments()
+    labels = {config.id: _label(config, i, len(experiments)) for i, config in enumerate(experiments, 1)}
     setups: dict[tuple, Setup] = {}
-    for i, config in enumerate(experiments, 1):
-        label = f"[{i}/{len(experiments)}] {config.model} {config.strategy} x{config.compression:g} seed {config.seed}"
-        if store.is_done(config.id):
-            continue
-        with store.claim(config.id) as mine:
-            if not mine:
-                log(f"{label}: finished or running elsewhere, skipped")
-                continue
-            key = _setup_key(config)
-            if key not in setups:
-                setups.clear()  # one setup in memory at a time
-                setups[key] = prepare(config)
-                _check_reachable(setups[key], config, sweep.compressions)
-            store.write_config(config.id, config.to_dict())
-            row = run_experiment(setups[key], config, store.folder(config.id))
-            store.write_log(config.id, row.pop("history"))
-            store.write_result(config.id, row)
-            shutil.rmtree(store.folder(config.id) / "finetune", ignore_errors=True)  # resume state, now spent
-            log(f"{label}: top1 {row['pre_top1']:.4f} -> {row['top1']:.4f}, speedup {row['speedup']:.2f}, "
-                f"{row['wall_time']:.1f}s")  # fmt: skip
+    for chunk in _chunks([c for c in experiments if not store.is_done(c.id)], sweep.models_per_job):
+        with contextlib.ExitStack() as claims:
+            mine = []
+            for config in chunk:
+                if store.is_done(config.id):
+                    continue
+                if claims.enter_context(store.claim(config.id)):
+                    mine.append(config)
+                else:
+                    log(f"{labels[config.id]}: finished or running elsewhere, skipped")
+            if mine:
+                _run_job(store, _setup(setups, mine[0], sweep), mine, labels, log)
     return store.rows()
+
+
+def _setup(setups: dict[tuple, Setup], config: ExperimentConfig, sweep: SweepConfig) -> Setup:
+    """The setup of ``config``, prepared unless it is the one in ``setups`` (one in memory at a time)."""
+    key = _setup_key(config)
+    if key not in setups:
+        setups.clear()
+        setups[key] = prepare(config)
+        _check_reachable(setups[key], config, sweep.compressions)
+    return setups[key]
+
+
+def _run_job(store, setup: Setup, configs: list[ExperimentConfig], labels: dict[str, str], log) -> None:
+    """Runs claimed experiments (alone, or together when several) and writes each row."""
+    for config in configs:
+        store.write_config(config.id, config.to_dict())
+    if len(configs) == 1:
+        rows = [run_experiment(setup, configs[0], store.folder(configs[0].id))]
+    else:
+        digest = hashlib.sha256(" ".join(c.id for c in configs).encode()).hexdigest()[:8]
+        rows = run_experiments(setup, configs, store.folder(configs[0].id) / f"finetune-{digest}")
+    for config, row in zip(configs, rows):
+        store.write_log(config.id, row.pop("history"))
+        store.write_result(config.id, row)
+        log(f"{labels[config.id]}: top1 {row['pre_top1']:.4f} -> {row['top1']:.4f}, speedup {row['speedup']:.2f}, "
+            f"{row['wall_time']:.1f}s")  # fmt: skip
+    for config in configs:  # resume state, now spent
+        for spent in (store.folder(config.id) / "finetune", *store.folder(config.id).glob("finetune-*")):
+            shutil.rmtree(spent, ignore_errors=True)

@@ -91,36 +91,58 @@ class Progress:
         self.stream.write(f"\repoch {epoch}/{epochs} [{'=' * done}{' ' * (30 - done)}] {step}/{steps}")
         self.stream.flush()
 
-    def epoch(self, row: dict[str, float], epochs: int) -> None:
-        """One line per finished epoch."""
+    def epoch(self, row: dict[str, float], epochs: int, prefix: str = "") -> None:
+        """One line per finished epoch (``prefix`` names the model of a many-models job)."""
         if self.live:
             self.stream.write("\r" + " " * 60 + "\r")
-        self.log(f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} top1 {row['train_top1']:.4f}, "
+        self.log(f"{prefix}epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} top1 {row['train_top1']:.4f}, "
                  f"val loss {row['val_loss']:.4f} top1 {row['val_top1']:.4f} top5 {row['val_top5']:.4f} "
                  f"({row['seconds']:.1f}s)")  # fmt: skip
 
 
-def _evaluate(eval_step, variables: Variables, images, labels, transform, batch_size: int) -> dict[str, float]:
+def _eval_sums(eval_step, variables: Variables, images, labels, transform, batch_size: int) -> dict[str, jax.Array]:
+    """Validation sums over a split: scalars for one model, (K,) vectors for K stacked models."""
     totals = {"loss": 0.0, "top1": 0, "top5": 0, "count": 0}
     for x, y, valid in eval_batches(images, labels, batch_size, transform):
         sums = eval_step(variables["params"], variables["batch_stats"], x, y, valid)
         totals = {k: totals[k] + sums[k] for k in totals}
+    return totals
+
+
+def _val_scores(totals: dict[str, jax.Array]) -> dict[str, float]:
     n = int(totals["count"])
     return {"val_loss": float(totals["loss"]) / n, "val_top1": int(totals["top1"]) / n, "val_top5": int(totals["top5"]) / n}
 
 
+def _evaluate(eval_step, variables: Variables, images, labels, transform, batch_size: int) -> dict[str, float]:
+    return _val_scores(_eval_sums(eval_step, variables, images, labels, transform, batch_size))
+
+
+def _fold_in(key: jax.Array, data: int) -> jax.Array:
+    """``fold_in`` of one key (shape ``()``) or of each of K keys (shape ``(K,)``)."""
+    return jax.random.fold_in(key, data) if key.ndim == 0 else jax.vmap(jax.random.fold_in, (0, None))(key, data)
+
+
 def _train_epoch(step, state, data, key, epoch: int, settings: FinetuneConfig, transform, progress, epochs):
+    """One epoch of one model (``key`` of shape ``()``) or of K stacked models (``key`` (K,)).
+
+    Returns the state and ``(summed loss, summed top-1 count, steps)``, per model for K models.
+    """
     images, labels = data
     steps = steps_per_epoch(labels.shape[0], settings.batch_size)
     steps = min(steps, settings.steps_per_epoch or steps)
-    loss, top1 = jnp.zeros(()), jnp.zeros((), jnp.int32)
-    dropout = jax.random.fold_in(jax.random.fold_in(key, 1), epoch)
-    batches = epoch_batches(images, labels, jax.random.fold_in(key, 0), epoch, settings.batch_size, transform)
+    loss, top1 = jnp.zeros(key.shape), jnp.zeros(key.shape, jnp.int32)
+    dropout = _fold_in(_fold_in(key, 1), epoch)
+    batches = epoch_batches(images, labels, _fold_in(key, 0), epoch, settings.batch_size, transform)
     for i, (x, y) in enumerate(itertools.islice(batches, steps)):
-        state, metrics = step(state, x, y, jax.random.fold_in(dropout, i))
+        state, metrics = step(state, x, y, _fold_in(dropout, i))
         loss, top1 = loss + metrics["loss"], top1 + metrics["top1"]
         progress.step(epoch + 1, epochs, i + 1, steps)
-    return state, {"train_loss": float(loss) / steps, "train_top1": int(top1) / (steps * settings.batch_size)}
+    return state, (loss, top1, steps)
+
+
+def _train_scores(loss: jax.Array, top1: jax.Array, steps: int, batch_size: int) -> dict[str, float]:
+    return {"train_loss": float(loss) / steps, "train_top1": int(top1) / (steps * batch_size)}
 
 
 @functools.lru_cache(maxsize=8)
@@ -170,18 +192,23 @@ def finetune(
     tx, step, eval_step = _steps(model, settings.optimizer)
     state = train_lib.init_state(variables["params"], variables.get("batch_stats", {}), mask, tx)
     train_data, val_data = to_device(train.images, train.labels), to_device(val.images, val.labels)
-    store = None if checkpoint_dir is None else _Store(Path(checkpoint_dir), settings)
-    run = _Run(state, _variables(state), []) if store is None else store.restore(state)
+    store = None if checkpoint_dir is None else _Store(Path(checkpoint_dir), repr(settings))
+    run = _Run(state, _variables(state), [])
+    saved = None if store is None else store.restore((run.state, run.best))
+    if saved is not None:
+        (saved_state, best), meta = saved
+        run = _Run(saved_state, best, list(meta["history"]), bool(meta["done"]))
     progress = Progress(log)
     while len(run.history) < settings.epochs and not run.done:
         epoch, start = len(run.history), time.perf_counter()
-        run.state, row = _train_epoch(step, run.state, train_data, key, epoch, settings, transform_train, progress, settings.epochs)
+        run.state, sums = _train_epoch(step, run.state, train_data, key, epoch, settings, transform_train, progress, settings.epochs)
+        row = _train_scores(*sums, settings.batch_size)
         row.update(_evaluate(eval_step, _variables(run.state), *val_data, transform_eval, eval_batch_size))
         row = {"epoch": epoch + 1, **row, "seconds": time.perf_counter() - start}
         run.add(row, settings.patience)
         progress.epoch(row, settings.epochs)
         if store is not None:
-            store.save(run)
+            store.save(len(run.history), (run.state, run.best), {"history": run.history, "done": run.done})
     result = run.result()
     if "batch_stats" not in variables:  # hand back the caller's variable collections
         result = dataclasses.replace(result, variables={"params": result.variables["params"]})
@@ -212,35 +239,36 @@ class _Run:
 
 
 class _Store:
-    """Per-epoch orbax checkpoints of a ``_Run``; the latest complete one is resumed."""
+    """Per-epoch orbax checkpoints of a pytree of arrays and JSON metadata; the latest is resumed.
 
-    def __init__(self, directory: Path, settings: FinetuneConfig):
+    ``settings`` (a string) is saved with each checkpoint; one made with other settings is refused.
+    """
+
+    def __init__(self, directory: Path, settings: str):
         import orbax.checkpoint as ocp
 
         self.ocp = ocp
-        self.settings = repr(settings)
+        self.settings = settings
         options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
         self.manager = ocp.CheckpointManager(directory.absolute(), options=options)
 
-    def save(self, run: _Run) -> None:
-        leaves = {f"{i:06d}": leaf for i, leaf in enumerate(jax.tree.leaves((run.state, run.best)))}
-        meta = {"history": run.history, "done": run.done, "settings": self.settings}
+    def save(self, epoch: int, arrays: Any, meta: dict[str, Any]) -> None:
+        leaves = {f"{i:06d}": leaf for i, leaf in enumerate(jax.tree.leaves(arrays))}
+        meta = {**meta, "settings": self.settings}
         args = self.ocp.args.Composite(arrays=self.ocp.args.StandardSave(leaves), meta=self.ocp.args.JsonSave(meta))
-        self.manager.save(len(run.history), args=args)
+        self.manager.save(epoch, args=args)
         self.manager.wait_until_finished()
 
-    def restore(self, state: train_lib.TrainState) -> _Run:
-        fresh = _Run(state, _variables(state), [])
+    def restore(self, arrays: Any) -> tuple[Any, dict[str, Any]] | None:
+        """The latest ``(arrays, meta)``, arrays with the structure of ``arrays``; ``None`` if none."""
         latest = self.manager.latest_step()
         if latest is None:
-            return fresh
-        leaves, treedef = jax.tree.flatten((state, _variables(state)))
-        target = {f"{i:06d}": leaf for i, leaf in enumerate(leaves)}
-        args = self.ocp.args.Composite(arrays=self.ocp.args.StandardRestore(target), meta=self.ocp.args.JsonRestore())
-        restored = self.manager.restore(latest, args=args)
-        if restored.meta["settings"] != self.settings:
+            return None
+        meta = self.manager.restore(latest, args=self.ocp.args.Composite(meta=self.ocp.args.JsonRestore())).meta
+        if meta["settings"] != self.settings:
             raise ValueError(f"checkpoint in {self.manager.directory} was made with other settings: "
-                             f"{restored.meta['settings']}, not {self.settings}")  # fmt: skip
-        arrays = restored.arrays
-        saved_state, best = jax.tree.unflatten(treedef, [jnp.asarray(arrays[k]) for k in sorted(arrays)])
-        return _Run(saved_state, best, list(restored.meta["history"]), bool(restored.meta["done"]))
+                             f"{meta['settings']}, not {self.settings}")  # fmt: skip
+        leaves, treedef = jax.tree.flatten(arrays)
+        target = {f"{i:06d}": leaf for i, leaf in enumerate(leaves)}
+        saved = self.manager.restore(latest, args=self.ocp.args.Composite(arrays=self.ocp.args.StandardRestore(target))).arrays
+        return jax.tree.unflatten(treedef, [jnp.asarray(saved[k]) for k in sorted(saved)]), dict(meta)
