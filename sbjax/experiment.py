@@ -277,10 +277,9 @@ def validate(sweep: SweepConfig) -> None:
 def _chunks(experiments: Sequence[ExperimentConfig], size: int) -> list[list[ExperimentConfig]]:
     """Experiments in jobs of at most ``size`` that share a setup and a finetuning setup.
 
-    ``size`` 1 keeps the grid's order; otherwise jobs follow the first appearance of their group.
+    Jobs follow the first appearance of their group in the grid, so the experiments of one setup
+    run back to back and it is prepared once.
     """
-    if size == 1:
-        return [[config] for config in experiments]
     groups: dict[tuple, list[ExperimentConfig]] = {}
     for config in experiments:
         groups.setdefault((_setup_key(config), config.preset, config.finetune), []).append(config)
