@@ -34,11 +34,12 @@ def _curves(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else summary.iloc[0:0]
 
 
-def _panel(ax, curves: pd.DataFrame, x: str, y: str, delta: float | None) -> None:
+def _panel(ax, curves: pd.DataFrame, x: str, y: str, delta: float | None, colors: dict[str, str]) -> None:
     for strategy, rows in curves.groupby("strategy", sort=True):
         rows = rows.sort_values(x)
         values = rows[f"{y}_mean"] - (delta or 0.0)
-        ax.errorbar(rows[x], values, yerr=rows[f"{y}_std"].fillna(0.0), marker="o", ms=3, capsize=2, label=strategy)
+        ax.errorbar(rows[x], values, yerr=rows[f"{y}_std"].fillna(0.0), marker="o", ms=3, capsize=2,
+                    label=strategy, color=colors[strategy])  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.grid(True, which="both", alpha=0.3)
 
@@ -52,6 +53,9 @@ def plot_sweep(frame: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str =
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(frame)
     panels = sorted(summary.groupby(["model", "dataset"]).groups)
+    palette = plt.get_cmap("tab10").colors
+    strategies = sorted(set(summary["strategy"]) - {REFERENCE})
+    colors = {name: palette[i % len(palette)] for i, name in enumerate(strategies)}  # same in every panel
     written = []
     for axis, x in X_AXES.items():
         for change in (False, True):
@@ -60,12 +64,14 @@ def plot_sweep(frame: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str =
                 rows = summary[(summary["model"] == model) & (summary["dataset"] == dataset)]
                 ref = rows.loc[rows["strategy"] == REFERENCE, f"{metric}_mean"]
                 delta = float(ref.mean()) if change and len(ref) else None
-                _panel(ax, _curves(rows), x, metric, delta)
+                _panel(ax, _curves(rows), x, metric, delta, colors)
                 ax.set_title(f"{model} on {dataset}")
                 ax.set_xlabel("compression (all params / kept)" if axis == "compression" else "theoretical speedup (MACs / kept MACs)")
                 ax.set_ylabel(f"{metric} accuracy change" if change else f"{metric} accuracy")
-            axes[0][-1].legend(fontsize=8)
-            fig.tight_layout()
+            handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
+            fig.legend([handles[n] for n in strategies if n in handles], [n for n in strategies if n in handles],
+                       loc="center right", fontsize=8)  # fmt: skip
+            fig.tight_layout(rect=(0, 0, 0.84, 1))
             stem = f"{metric}_vs_{axis}" + ("_change" if change else "")
             for ext in ("png", "svg"):
                 path = out_dir / f"{stem}.{ext}"
