@@ -248,12 +248,10 @@ def run_experiments(setup: Setup, configs: Sequence[ExperimentConfig], folder: P
 
 def _check_reachable(setup: Setup, config: ExperimentConfig, compressions) -> None:
     """Fails before the first experiment of a model if any compression of the sweep is out of reach."""
-    for c in sorted(compressions, reverse=True)[:1]:
-        if c > 1:
-            try:
-                compression_lib.fraction_for(c, setup.variables["params"])
-            except compression_lib.CompressionError as error:
-                raise compression_lib.CompressionError(f"{config.model}: {error}") from None
+    try:
+        compression_lib.fraction_for(max(compressions), setup.variables["params"])
+    except compression_lib.CompressionError as error:
+        raise compression_lib.CompressionError(f"{config.model}: {error}") from None
 
 
 def _setup_key(config: ExperimentConfig) -> tuple:
