@@ -126,35 +126,46 @@ def _strategy_mask(args, model, variables, shape, num_classes):
 _SCORING_BATCH = 16
 
 
-def _cmd_metrics(args: argparse.Namespace) -> int:
-    import json
+def _model_and_variables(args: argparse.Namespace, weights: bool):
+    """The model, its variables, one example's shape and the number of classes.
 
+    ``--checkpoint`` is restored (its classes and input shape are the defaults); otherwise the
+    model is initialized from ``--seed``, or, when ``weights`` is false, zeros of the right
+    shapes are enough (counting needs shapes only).
+    """
     import jax
     import jax.numpy as jnp
 
-    from sbjax import metrics, models, strategies
+    from sbjax import checkpoints, experiment, models
+
+    shape = _parse_shape(args.input_shape) if getattr(args, "input_shape", None) else None
+    num_classes, variables = getattr(args, "num_classes", None), None
+    if args.checkpoint:
+        directory = experiment.checkpoint_dir(args.checkpoint)
+        variables, info = checkpoints.restore(directory, model=args.model, num_classes=num_classes)
+        num_classes, shape = info.num_classes, shape or info.input_shape
+    shape = tuple(shape or models.input_shape(args.model))
+    num_classes = num_classes or models.num_classes(args.model)
+    model = models.create(args.model, num_classes)
+    if variables is None and not weights:
+        abstract = models.abstract_variables(args.model, num_classes, shape)
+        variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
+    elif variables is None:
+        x = jnp.zeros((1, *shape), jnp.float32)
+        variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(args.seed))
+    return model, variables, shape, num_classes
+
+
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    import json
+
+    from sbjax import metrics, strategies
 
     if (args.strategy is None) != (args.compression is None):
         raise UserError("--strategy and --compression go together: give both or neither")
     if args.strategy is not None:
         strategies.get(args.strategy)  # an unknown name fails before any work
-    shape = _parse_shape(args.input_shape) if args.input_shape else None
-    num_classes = args.num_classes
-    if args.checkpoint:
-        from sbjax import checkpoints, experiment
-
-        directory = experiment.checkpoint_dir(args.checkpoint)
-        variables, info = checkpoints.restore(directory, model=args.model, num_classes=args.num_classes)
-        num_classes, shape = info.num_classes, shape or info.input_shape
-    shape = tuple(shape or models.input_shape(args.model))
-    num_classes = num_classes or models.num_classes(args.model)
-    model = models.create(args.model, num_classes)
-    if args.checkpoint is None and args.strategy is None:  # counting needs shapes only: no init
-        abstract = models.abstract_variables(args.model, num_classes, shape)
-        variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
-    elif args.checkpoint is None:
-        x = jnp.zeros((1, *shape), jnp.float32)
-        variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(args.seed))
+    model, variables, shape, num_classes = _model_and_variables(args, weights=args.strategy is not None)
     mask = None if args.strategy is None else _strategy_mask(args, model, variables, shape, num_classes)
     result = metrics.compute_module(model, variables, mask, shape, train=False)
     if args.json:
@@ -306,7 +317,7 @@ def _add_prune(subparsers) -> None:
 def _cmd_prune(args: argparse.Namespace) -> int:
     import json
 
-    from sbjax import experiment, masks, metrics, models, strategies
+    from sbjax import experiment, masks, metrics, strategies
     from sbjax.config import ExperimentConfig
 
     strategies.get(args.strategy)  # an unknown name fails before any work
@@ -321,9 +332,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         accuracy = {"unpruned": experiment.accuracy(setup, variables, setup.test),
                     "pruned": experiment.accuracy(setup, pruned, setup.test)}  # fmt: skip
     else:
-        model, variables = _model_variables(args)
-        shape = models.input_shape(args.model)
-        num_classes = model.num_classes if hasattr(model, "num_classes") else models.num_classes(args.model)
+        model, variables, shape, num_classes = _model_and_variables(args, weights=True)
         mask = _strategy_mask(args, model, variables, shape, num_classes)
     result = metrics.compute_module(model, variables, mask, shape, train=False)
     if args.json:
@@ -337,18 +346,6 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         print(f"\n{name:9s} on {args.dataset} test: top1 {scores['top1']:.4f}  top5 {scores['top5']:.4f}  "
               f"loss {scores['loss']:.4f}")  # fmt: skip
     return 0
-
-
-def _model_variables(args: argparse.Namespace):
-    """``--checkpoint`` restored, or the model initialized from ``--seed``."""
-    import jax
-
-    from sbjax import checkpoints, experiment, models
-
-    if args.checkpoint:
-        variables, info = checkpoints.restore(experiment.checkpoint_dir(args.checkpoint), model=args.model)
-        return models.create(args.model, info.num_classes), variables
-    return models.init(args.model, jax.random.key(args.seed))
 
 
 def _add_train(subparsers) -> None:
