@@ -40,9 +40,9 @@ import numpy as np
 from sbjax import masks as masks_lib
 from sbjax import selection as selection_lib
 from sbjax.metrics.report import LayerStats, Metrics, format_table
-from sbjax.metrics.walk import Info, Tally, walk_closed
+from sbjax.graph.walk import Info, Tally, walk_closed
 from sbjax.metrics import report as _report
-from sbjax.metrics import zeros as _zeros
+from sbjax.graph import zeros as _zeros
 
 Params = Any
 Mask = Any

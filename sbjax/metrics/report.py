@@ -12,7 +12,7 @@ import dataclasses
 from fractions import Fraction
 from typing import Any
 
-from sbjax.metrics.walk import Call, Tally
+from sbjax.graph.walk import Call, Tally
 
 __all__ = ["LayerStats", "Metrics", "build", "format_table"]
 

@@ -36,8 +36,8 @@ import numpy as np
 from jax.extend import core
 from jax.extend import source_info_util
 
-from sbjax.metrics import costs
-from sbjax.metrics import zeros
+from sbjax.graph import costs
+from sbjax.graph import zeros
 
 __all__ = ["Call", "Info", "Tally", "walk_closed"]
 
