@@ -5,20 +5,28 @@ entries are kept, never more or fewer, whatever the ties. Ties at the threshold 
 deterministically: the entry earlier in the flattened order wins (leaves in the order given,
 then row-major order inside a leaf).
 
+``fraction`` is a float32 value: a Python float is first rounded to float32, as ``jit`` would
+see it, and ``k`` is the exact product of that float32 value with the integer ``n``, rounded
+half to even (so ``0.05`` keeps 1 of 10 entries: float32 0.05 is 0.0500000007...). ``k`` is
+computed in integers, never in float32: on the host for a Python number, with uint32
+arithmetic on the device for an array, so eager and jitted calls keep the same entries, for
+any ``n < 2**31``; jit and vmap over fractions work without retracing.
+
 No sort is needed. Scores are mapped to unsigned integers that order like the floats, and the
 k-th largest key is found bit by bit (32 counting passes over the keys), so the cost is linear
 in the number of entries; the counts are laid out so that XLA vectorizes them, and the leaves
-are never concatenated. ``fraction`` may be a Python float (``k`` computed exactly on the host)
-or a traced array (``k`` computed in float32 on the device; jit and vmap over fractions work
-without retracing). NaN scores count as the lowest possible score.
+are never concatenated. NaN scores count as the lowest possible score.
 """
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 __all__ = ["global_keep", "keep_count", "layer_keep", "sortable_keys"]
@@ -26,12 +34,84 @@ __all__ = ["global_keep", "keep_count", "layer_keep", "sortable_keys"]
 Scores = Any
 
 
+MAX_COUNT = 2**31 - 1  # counts are int32
+
+
 def keep_count(fraction: Any, n: int) -> jax.Array:
-    """``round(fraction * n)`` clipped to ``[0, n]``, as int32 (half to even, like Python)."""
-    if isinstance(fraction, (int, float)):
-        return jnp.asarray(min(max(round(float(fraction) * n), 0), n), jnp.int32)
-    k = jnp.round(jnp.asarray(fraction, jnp.float32) * jnp.float32(n))
-    return jnp.clip(k, 0, n).astype(jnp.int32)
+    """``round(f * n)`` computed exactly, ``f`` the float32 value of ``fraction``, as int32.
+
+    Rounds half to even (like Python's ``round``), clips to ``[0, n]``; NaN keeps nothing.
+
+    Args:
+        fraction: a Python number (``k`` computed on the host) or a (traced) scalar array.
+        n: the number of entries, a Python int in ``[0, 2**31)``.
+
+    >>> int(keep_count(0.3, 5)), int(keep_count(jnp.float32(0.3), 5)), int(keep_count(0.05, 10))
+    (2, 2, 1)
+    """
+    if not isinstance(n, int) or not 0 <= n <= MAX_COUNT:
+        raise ValueError(f"keep_count: n must be a Python int in [0, 2**31), got {n!r}")
+    if isinstance(fraction, (int, float, np.number)) or (isinstance(fraction, np.ndarray) and fraction.ndim == 0):
+        return jnp.asarray(_host_count(fraction, n), jnp.int32)
+    return _device_count(jnp.asarray(fraction).astype(jnp.float32), n)
+
+
+def _host_count(fraction: Any, n: int) -> int:
+    """The exact count for a concrete fraction, with Python's rationals."""
+    with np.errstate(over="ignore"):
+        f = float(np.float32(fraction))
+    if math.isnan(f) or f <= 0:
+        return 0
+    return n if f >= 1 else round(Fraction(f) * n)
+
+
+def _device_count(f: jax.Array, n: int) -> jax.Array:
+    """The exact count for a float32 array, in uint32 arithmetic only (no float32, no x64).
+
+    For 0 < f < 1, f = m * 2**-s with m < 2**24 and 24 <= s <= 149, so f * n = m * n / 2**s:
+    an integer product below 2**55, formed as two uint32 halves, shifted right by s with
+    round half to even.
+    """
+    u32 = jnp.uint32
+    bits = lax.bitcast_convert_type(f, u32)
+    magnitude, positive = bits & u32(0x7FFFFFFF), (bits >> 31) == 0
+    exponent = jnp.maximum(magnitude >> 23, u32(1))  # subnormals: exponent 1, no implicit bit
+    mantissa = (magnitude & u32(0x7FFFFF)) | jnp.where(magnitude >> 23 > 0, u32(0x800000), u32(0))
+    shift = jnp.clip(u32(150) - jnp.minimum(exponent, u32(126)), 24, 56)  # m*n < 2**55: s >= 56 gives 0
+    hi, lo = _mul_wide(mantissa, n)
+    q, guard, sticky = _shift_right(hi, lo, shift)
+    k = q + (guard & (sticky | (q & u32(1))))
+    one = magnitude >= u32(0x3F800000)  # f >= 1, +inf included
+    nan = magnitude > u32(0x7F800000)
+    k = jnp.where(positive & ~nan, jnp.where(one, u32(n), k), u32(0))
+    return k.astype(jnp.int32)
+
+
+def _mul_wide(m: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+    """The 64-bit product of uint32 ``m < 2**24`` and ``n < 2**31`` as uint32 (high, low)."""
+    u32 = jnp.uint32
+    m0, m1 = m & u32(0xFFFF), m >> 16
+    n0, n1 = u32(n & 0xFFFF), u32(n >> 16)
+    low, mid = m0 * n0, m0 * n1 + m1 * n0  # mid < 2**31 + 2**24: no overflow
+    lo = low + (mid << 16)
+    carry = (lo < low).astype(u32)
+    return m1 * n1 + (mid >> 16) + carry, lo
+
+
+def _shift_right(hi: jax.Array, lo: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """For P = hi * 2**32 + lo < 2**55 and 24 <= s <= 56: (P >> s, bit s - 1 of P, whether any
+    lower bit is set), every shift amount kept inside [0, 31]."""
+    u32 = jnp.uint32
+    small = jnp.minimum(s, u32(31))  # used where s < 32
+    big = jnp.maximum(s, u32(32)) - u32(32)  # used where s >= 32
+    q = jnp.where(s < 32, (lo >> small) | (hi << (u32(32) - small)), hi >> big)
+    g = s - u32(1)  # the guard bit's position, 23..55
+    g_small, g_big = jnp.minimum(g, u32(31)), jnp.maximum(g, u32(32)) - u32(32)
+    guard = jnp.where(g < 32, lo >> g_small, hi >> g_big) & u32(1)
+    below_small = lo & ((u32(1) << g_small) - u32(1))
+    below_big = (lo != 0) | ((hi & ((u32(1) << g_big) - u32(1))) != 0)
+    sticky = jnp.where(g < 32, below_small != 0, below_big).astype(u32)
+    return q, guard, sticky
 
 
 def sortable_keys(scores: jax.Array) -> jax.Array:
@@ -107,7 +187,8 @@ def global_keep(scores: Scores, fraction: Any) -> Any:
 
     Args:
         scores: a pytree of arrays (``None`` leaves are skipped and stay ``None``).
-        fraction: the kept fraction in [0, 1]; a Python float or a (traced) scalar.
+        fraction: the kept fraction in [0, 1]; a Python number or a (traced) scalar, taken as
+            float32 (see ``keep_count``).
 
     Returns:
         A pytree of bool arrays with the structure of ``scores``.
@@ -127,7 +208,7 @@ def layer_keep(scores: Scores, fraction: Any) -> Any:
     """Keeps the ``round(fraction * n)`` largest scores of each leaf separately.
 
     >>> layer_keep({"a": jnp.array([3., 1.]), "b": jnp.array([2., 2., 0.])}, 0.5)
-    {'a': Array([ True, False], dtype=bool), 'b': Array([ True, False, False], dtype=bool)}
+    {'a': Array([ True, False], dtype=bool), 'b': Array([ True,  True, False], dtype=bool)}
     """
     return jax.tree.map(
         lambda s: _select([sortable_keys(s).ravel()], keep_count(fraction, s.size))[0].reshape(s.shape), scores
