@@ -87,3 +87,21 @@ def test_checkpoint_normalization_wins():
     imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert resolve_normalization(cifar, imagenet) == imagenet
     assert resolve_normalization(cifar, None) == cifar
+
+
+def test_equal_settings_give_equal_hashable_transforms():
+    a = make_transform("cifar", [0.5, 0.4, 0.3], [0.2, 0.2, 0.2], train=True)
+    b = make_transform("cifar", (0.5, 0.4, 0.3), np.array([0.2, 0.2, 0.2]), True)
+    assert a == b and hash(a) == hash(b) and a.mean == (0.5, 0.4, 0.3)
+    assert a != make_transform("cifar", (0.5, 0.4, 0.3), (0.2, 0.2, 0.2), train=False)
+    assert a != make_transform("cifar", (0.5, 0.4, 0.3), (0.2, 0.2, 0.25), train=True)
+    x, key = images(), jax.random.key(4)
+    np.testing.assert_array_equal(a(key, x), b(key, x))
+
+
+def test_equal_transforms_share_one_compiled_batch_function():
+    from sbjax.data import make_batch_fn, make_eval_batch_fn
+
+    make = lambda: make_transform("imagenet", (0.5,) * 3, (0.25,) * 3, train=False, image_size=7)  # noqa: E731
+    assert make() is not make() and make_eval_batch_fn(make(), 4) is make_eval_batch_fn(make(), 4)
+    assert make_batch_fn(make(), 4) is make_batch_fn(make(), 4)

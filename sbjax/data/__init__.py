@@ -2,12 +2,13 @@
 a deterministic train/validation split, and on-device augmentation and batching in JAX."""
 
 from sbjax.data.arrays import ImageData, stratified_split, stratified_subset, train_val_split
-from sbjax.data.augment import make_transform, normalize, resolve_normalization
+from sbjax.data.augment import ImageTransform, make_transform, normalize, resolve_normalization
 from sbjax.data.batches import (
     epoch_batches,
     epoch_order,
     eval_batches,
     make_batch_fn,
+    make_eval_batch_fn,
     make_multi_batch_fn,
     steps_per_epoch,
     to_device,
@@ -21,12 +22,14 @@ __all__ = [
     "SPLITS",
     "DatasetSpec",
     "ImageData",
+    "ImageTransform",
     "epoch_batches",
     "epoch_order",
     "eval_batches",
     "get_spec",
     "load",
     "make_batch_fn",
+    "make_eval_batch_fn",
     "make_multi_batch_fn",
     "make_transform",
     "normalize",

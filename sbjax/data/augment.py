@@ -8,16 +8,22 @@ normalized ``float32`` batch; each image draws its own randomness from ``key``. 
   as torchvision) + flip for training; resize 256 / center crop 224 for evaluation (the central
   224/256 of the image, resized to ``image_size``).
 * ``"none"``: normalization only.
+
+:func:`make_transform` returns an :class:`ImageTransform`, a frozen value: equal settings give
+equal transforms, so the batch functions jitted on a transform compile once per setting.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
+# Any ``transform(key, images)``. Batch functions are cached on it: pass a value (an
+# ``ImageTransform``, a module-level function), not a fresh closure, or each one compiles again.
 Transform = Callable[[jax.Array, jax.Array], jax.Array]
 AUGMENTATIONS = ("cifar", "imagenet", "none")
 
@@ -88,10 +94,56 @@ def center_crop(images: jax.Array, size: int, fraction: float = 224 / 256) -> ja
     return jax.image.resize(crop.astype(jnp.float32), (crop.shape[0], size, size, c), "linear", antialias=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageTransform:
+    """One augmentation's transform as a value: ``transform(key, images) -> float32 images``.
+
+    Equal settings give equal, hashable transforms, so the jitted batch functions of
+    ``sbjax.data.batches`` (cached on the transform) compile once per setting, however many
+    times a caller makes the transform again.
+
+    >>> make_transform("cifar", [0.5], [0.25], train=True) == make_transform("cifar", (0.5,), (0.25,), True)
+    True
+
+    Attributes:
+        augmentation: One of :data:`AUGMENTATIONS`.
+        mean: Per-channel mean.
+        std: Per-channel standard deviation.
+        train: Random augmentation if true; the deterministic evaluation transform if false.
+        image_size: Output side for ``"imagenet"``.
+    """
+
+    augmentation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train: bool
+    image_size: int = 224
+
+    def __post_init__(self) -> None:
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"augmentation {self.augmentation!r} is not one of {', '.join(AUGMENTATIONS)}")
+        for name in ("mean", "std"):  # tuples of floats, so that equal settings hash equal
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        object.__setattr__(self, "train", bool(self.train))
+        object.__setattr__(self, "image_size", int(self.image_size))
+
+    def __call__(self, key: jax.Array, images: jax.Array) -> jax.Array:
+        k_crop, k_flip = jax.random.split(key)
+        if self.augmentation == "cifar" and self.train:
+            images = random_flip(k_flip, random_crop(k_crop, images))
+        elif self.augmentation == "imagenet":
+            images = random_flip(k_flip, random_resized_crop(k_crop, images, self.image_size)) if self.train \
+                else center_crop(images, self.image_size)
+        return normalize(images, self.mean, self.std)
+
+
 def make_transform(
     augmentation: str, mean: Sequence[float], std: Sequence[float], train: bool, image_size: int = 224
-) -> Transform:
+) -> ImageTransform:
     """Returns ``transform(key, images) -> normalized float32 images`` for one augmentation.
+
+    The transform is an :class:`ImageTransform`: equal arguments give equal transforms, which
+    share their compiled batch functions.
 
     Args:
         augmentation: One of :data:`AUGMENTATIONS`.
@@ -101,19 +153,7 @@ def make_transform(
         train: Random augmentation if true; the deterministic evaluation transform if false.
         image_size: Output side for ``"imagenet"``.
     """
-    if augmentation not in AUGMENTATIONS:
-        raise ValueError(f"augmentation {augmentation!r} is not one of {', '.join(AUGMENTATIONS)}")
-
-    def transform(key: jax.Array, images: jax.Array) -> jax.Array:
-        k_crop, k_flip = jax.random.split(key)
-        if augmentation == "cifar" and train:
-            images = random_flip(k_flip, random_crop(k_crop, images))
-        elif augmentation == "imagenet":
-            images = random_flip(k_flip, random_resized_crop(k_crop, images, image_size)) if train \
-                else center_crop(images, image_size)
-        return normalize(images, mean, std)
-
-    return transform
+    return ImageTransform(augmentation, tuple(mean), tuple(std), train, image_size)
 
 
 def resolve_normalization(

@@ -6,6 +6,9 @@ from ``fold_in(fold_in(key, 0), e)`` and the augmentation of step ``s`` from
 augmentations, on any run and whether models are batched together or trained one by one, and
 different keys (seeds) give different orders and augmentations.
 
+The jitted batch functions are cached on ``(transform, batch_size)``: a transform from
+``sbjax.data.make_transform`` is a hashable value, so equal settings share one compilation.
+
 >>> import numpy as np
 >>> images, labels = to_device(np.zeros((10, 4, 4, 1), np.uint8), np.arange(10, dtype=np.int32))
 >>> keys = jax.random.split(jax.random.key(0), 3)
@@ -89,7 +92,13 @@ def epoch_batches(
 
 
 @functools.lru_cache(maxsize=32)
-def _make_eval_batch_fn(transform: Transform, batch_size: int) -> BatchFn:
+def make_eval_batch_fn(transform: Transform, batch_size: int) -> BatchFn:
+    """Returns a jitted ``batch(images, labels, start) -> (x, y, valid)`` of ``batch_size`` rows.
+
+    Rows past the end repeat the last example and have ``valid`` false; ``transform`` gets a
+    fixed key.
+    """
+
     def batch(images, labels, start):
         index = start + jnp.arange(batch_size)
         valid = index < labels.shape[0]
@@ -109,6 +118,6 @@ def eval_batches(
     ``transform`` should be an evaluation transform (it gets a fixed key).
     """
     n = labels.shape[0]
-    fn = _make_eval_batch_fn(transform, min(batch_size, n))
+    fn = make_eval_batch_fn(transform, min(batch_size, n))
     for start in range(0, n, min(batch_size, n)):
         yield fn(images, labels, start)
