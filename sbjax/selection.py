@@ -1,29 +1,46 @@
-"""Which params leaves are prunable, decided from key paths alone.
+"""Which params leaves are prunable: ShrinkBench's rule, with the classifier resolved structurally.
 
-ShrinkBench's rule, the default here: the kernels and biases of every convolution and dense layer
-are prunable, except the classifier (the last dense layer); normalization parameters never are.
+The default rule: the kernels and biases of every convolution and dense layer are prunable,
+except the classifier (the weight layer nearest the output); normalization parameters never are.
 A *weight layer* is any module whose params hold a ``kernel`` of two or more dimensions, so the
-rule works on any Flax Linen params tree, not only sbjax's models.
+rule works on any Flax params tree: Linen dicts and NNX ``nnx.State`` alike (an NNX leaf path
+``conv/kernel/value`` is named ``conv/kernel``).
 
-"Last" means last in the params dict's insertion order, which for Flax Linen is the order in
-which submodules were first called. Name the classifier explicitly when that is not what you
-want (for example a model that applies its head before an auxiliary branch).
+The classifier is never inferred from the order of dict keys: ``jax.tree.map``, ``jit`` and
+orbax return dicts with sorted keys, so that order is not call order. It is either
+
+* named: ``Selection(classifier="head")``;
+* resolved from the forward pass: ``Selection.from_model(apply_fn, params, x)`` traces the model
+  to a jaxpr and names the weight layer whose convolution or matrix product runs last (the one
+  nearest the output); registry models declare theirs (``sbjax.models.selection(name)``);
+* or ``"auto"`` (the default), which decides from the params alone only when that is
+  unambiguous: with no dense layer, nothing is excluded; with exactly one dense layer (2-D
+  kernel), it is the classifier; with several, it refuses with a message saying what to do.
+
+A resolved selection gives identical masks eagerly, under ``jit``, after ``jax.tree.map`` and
+after a checkpoint round trip.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 Params = Any
 
-__all__ = ["Selection", "DEFAULT", "leaf_path", "prunable", "prunable_paths", "weight_layers"]
+__all__ = ["DEFAULT", "Selection", "SelectionError", "leaf_path", "prunable", "prunable_paths", "weight_layers"]
 
 AUTO = "auto"
+
+
+class SelectionError(ValueError):
+    """The prunable leaves cannot be decided (an ambiguous or unknown classifier)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +49,9 @@ class Selection:
 
     Attributes:
         kinds: leaf names of weight layers that are prunable (``("kernel",)`` for kernels only).
-        classifier: ``"auto"`` excludes the last dense layer (2-D kernel); a module path such as
-            ``"head/Dense_0"`` excludes that module; ``None`` excludes nothing.
+        classifier: a module path such as ``"head"`` or ``"classifier/out"`` to exclude;
+            ``None`` excludes nothing; ``"auto"`` decides from the params alone when that is
+            unambiguous (see the module docstring) and refuses otherwise.
         exclude: further module paths (or prefixes of them) never to prune.
     """
 
@@ -44,52 +62,105 @@ class Selection:
     def __post_init__(self):
         if isinstance(self.kinds, str) or not all(isinstance(k, str) for k in self.kinds):
             raise ValueError(f"Selection.kinds must be a tuple of leaf names, got {self.kinds!r}")
+        if self.classifier is not None and not isinstance(self.classifier, str):
+            raise ValueError(f"Selection.classifier must be a module path, 'auto' or None, got {self.classifier!r}")
+        if isinstance(self.exclude, str):
+            raise ValueError(f"Selection.exclude must be a tuple of module paths, got {self.exclude!r}")
         object.__setattr__(self, "kinds", tuple(self.kinds))
         object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    @classmethod
+    def from_model(
+        cls,
+        apply_fn: Callable[[Params, jax.Array], Any],
+        params: Params,
+        x: Any,
+        *,
+        kinds: tuple[str, ...] = ("kernel", "bias"),
+        exclude: tuple[str, ...] = (),
+    ) -> Selection:
+        """The selection whose classifier is the weight layer nearest the output of ``apply_fn``.
+
+        Traces ``apply_fn(params, x)`` to a jaxpr (nothing is computed; ``x`` may be a
+        ``jax.ShapeDtypeStruct``) and names the module of the kernel used by the last
+        convolution or matrix product that runs.
+
+        >>> import flax.linen as nn
+        >>> class Net(nn.Module):
+        ...     @nn.compact
+        ...     def __call__(self, x):
+        ...         return nn.Dense(2, name="head")(nn.relu(nn.Dense(4, name="proj")(x)))
+        >>> net = Net()
+        >>> params = net.init(jax.random.key(0), jnp.zeros((1, 3)))["params"]
+        >>> Selection.from_model(lambda p, x: net.apply({"params": p}, x), params, jnp.zeros((1, 3))).classifier
+        'head'
+        """
+        return cls(kinds=kinds, classifier=classifier_of(apply_fn, params, x), exclude=exclude)
+
+    def resolve(self, params: Params) -> Selection:
+        """This selection with ``"auto"`` replaced by the classifier it decides (or refuses)."""
+        return dataclasses.replace(self, classifier=_classifier(params, self))
 
 
 DEFAULT = Selection()
 
 
+def _array(value: Any) -> Any:
+    """The array inside an NNX variable (``nnx.Param`` and friends); other leaves as they are."""
+    return value.get_value() if isinstance(value, nnx.Variable) else value
+
+
 def leaf_path(path) -> str:
-    """The ``a/b/kernel`` form of a JAX key path."""
-    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
+    """The ``a/b/kernel`` form of a JAX key path (an NNX variable's trailing ``.value`` dropped)."""
+    path = tuple(path)
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        path = path[:-1]
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
-def _walk(tree: Any, prefix: tuple[str, ...] = ()):
-    """Yields ``(module_path, leaves)`` for each dict node, in insertion order."""
+def _walk(tree: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
+    """Yields ``(module_path, leaves)`` for each mapping node (Linen dicts, NNX states)."""
     if isinstance(tree, Mapping):
-        leaves = {k: v for k, v in tree.items() if not isinstance(v, Mapping)}
+        leaves = {str(k): _array(v) for k, v in tree.items() if not isinstance(v, Mapping)}
         yield prefix, leaves
         for key, value in tree.items():
             if isinstance(value, Mapping):
                 yield from _walk(value, prefix + (str(key),))
 
 
-def weight_layers(params: Params) -> list[str]:
-    """Module paths of all weight layers (modules with a kernel of ndim >= 2), in call order."""
+def _layers(params: Params, min_ndim: int = 2, ndim: int | None = None) -> list[str]:
     return [
         "/".join(path)
         for path, leaves in _walk(params)
-        if "kernel" in leaves and np.ndim(leaves["kernel"]) >= 2
+        if "kernel" in leaves
+        and np.ndim(leaves["kernel"]) >= min_ndim
+        and (ndim is None or np.ndim(leaves["kernel"]) == ndim)
     ]
+
+
+def weight_layers(params: Params) -> list[str]:
+    """Module paths of all weight layers (modules with a kernel of ndim >= 2), sorted."""
+    return sorted(_layers(params))
 
 
 def _classifier(params: Params, selection: Selection) -> str | None:
     if selection.classifier is None:
         return None
-    layers = weight_layers(params)
     if selection.classifier == AUTO:
-        dense = [
-            "/".join(path)
-            for path, leaves in _walk(params)
-            if "kernel" in leaves and np.ndim(leaves["kernel"]) == 2
-        ]
-        return dense[-1] if dense else None
+        dense = sorted(_layers(params, ndim=2))
+        if len(dense) <= 1:
+            return dense[0] if dense else None
+        raise SelectionError(
+            f"cannot tell the classifier from the params alone: they have {len(dense)} dense layers "
+            f"({', '.join(dense[:6])}{', ...' if len(dense) > 6 else ''}) and dict order is not call order "
+            "(jax.tree.map and jit sort keys); resolve it from the forward pass with "
+            "sbjax.Selection.from_model(apply_fn, params, x), or name it, e.g. "
+            f"sbjax.Selection(classifier={dense[-1]!r})"
+        )
+    layers = weight_layers(params)
     if selection.classifier not in layers:
-        raise ValueError(
-            f"classifier {selection.classifier!r} is not a weight layer of these params; "
-            f"expected one of {layers}"
+        raise SelectionError(
+            f"classifier {selection.classifier!r} is not a weight layer of these params; expected one of {layers}"
         )
     return selection.classifier
 
@@ -99,7 +170,11 @@ def _excluded(module: str, excluded: list[str]) -> bool:
 
 
 def prunable_paths(params: Params, selection: Selection = DEFAULT) -> list[str]:
-    """The ``module/leaf`` paths of the prunable leaves, in call order."""
+    """The ``module/leaf`` paths of the prunable leaves, sorted.
+
+    Raises:
+        SelectionError: the classifier is ``"auto"`` and ambiguous, or names no weight layer.
+    """
     classifier = _classifier(params, selection)
     excluded = list(selection.exclude) + ([classifier] if classifier else [])
     paths = []
@@ -108,13 +183,12 @@ def prunable_paths(params: Params, selection: Selection = DEFAULT) -> list[str]:
         if "kernel" not in leaves or np.ndim(leaves["kernel"]) < 2 or _excluded(module, excluded):
             continue
         paths += [f"{module}/{name}" if module else name for name in leaves if name in selection.kinds]
-    return paths
+    return sorted(paths)
 
 
 def prunable(params: Params, selection: Selection = DEFAULT) -> Any:
     """A pytree of Python bools with the params' structure: True where the leaf is prunable.
 
-    >>> import jax.numpy as jnp
     >>> params = {"conv": {"kernel": jnp.ones((3, 3, 1, 4)), "bias": jnp.ones(4)},
     ...           "norm": {"scale": jnp.ones(4), "bias": jnp.ones(4)},
     ...           "head": {"kernel": jnp.ones((4, 10)), "bias": jnp.ones(10)}}
@@ -124,3 +198,31 @@ def prunable(params: Params, selection: Selection = DEFAULT) -> Any:
     """
     selected = set(prunable_paths(params, selection))
     return jax.tree_util.tree_map_with_path(lambda p, _: leaf_path(p) in selected, params)
+
+
+def classifier_of(apply_fn: Callable[[Params, jax.Array], Any], params: Params, x: Any) -> str:
+    """The module path of the weight layer whose convolution or matrix product runs last.
+
+    Raises:
+        SelectionError: no convolution or matrix product uses a params kernel, or the last one
+            uses a leaf that is not the ``kernel`` of a weight layer.
+    """
+    from sbjax.graph import walk  # the jaxpr walker; graph/ does not depend on selection
+
+    spec = lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a))  # noqa: E731
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    closed = jax.make_jaxpr(apply_fn)(jax.tree.map(spec, params), jax.tree.map(spec, x))
+    n_inputs = len(closed.jaxpr.invars) - len(flat)
+    infos = [walk.Info(origin=i) for i in range(len(flat))] + [walk.Info(act=True)] * n_inputs
+    _, tally = walk.walk_closed(closed, infos)
+    calls = [call for call in tally.calls if call.role == "weight"]
+    if not calls:
+        raise SelectionError("no convolution or matrix product of the forward pass uses a params kernel")
+    name = leaf_path(flat[calls[-1].kernel][0])
+    module, _, leaf = name.rpartition("/")
+    if leaf != "kernel" or module not in _layers(params):
+        raise SelectionError(
+            f"the last weight op of the forward pass uses params leaf {name!r}, which is not the kernel of a "
+            "weight layer; name the classifier with Selection(classifier=...)"
+        )
+    return module

@@ -1,0 +1,85 @@
+"""Pruning strategies: values built from a score and a scope, the seven baselines, the registry.
+
+A strategy is a pure function ``(params, grads, fraction, *, key, activations, mask, selection)
+-> mask``; ``fraction`` is the kept fraction of the *prunable* entries (ShrinkBench's meaning).
+The library builds them as small frozen values (:func:`make`: a score function, a scope and the
+inputs it needs); a plain function with that signature is a valid strategy too. See
+``sbjax.strategies.core`` for the value, ``baselines`` for ShrinkBench's seven and ``registry``
+for names and ``"package.module:attr"`` import paths.
+
+Writing one takes a score and a scope, e.g. keeping whole output channels by their L2 norm,
+per layer (every entry of a channel gets the channel's score; ``layer_mask`` keeps exactly
+``round(fraction * n)`` entries, so a partial channel can remain at the threshold)::
+
+    def channel_l2(params, grads, *, selection, **_):
+        norm = lambda w: jnp.broadcast_to(jnp.linalg.norm(w.reshape(-1, w.shape[-1]), axis=0), w.shape)
+        return sbjax.map_prunable(norm, params, selection=selection)
+
+    layer_l2 = strategies.make(channel_l2, "layer", name="layer_l2")
+"""
+
+from sbjax.strategies.baselines import (
+    BASELINES,
+    activation_score,
+    global_activation,
+    global_gradient,
+    global_magnitude,
+    gradient_score,
+    layer_activation,
+    layer_gradient,
+    layer_magnitude,
+    magnitude_score,
+    random,
+    random_score,
+)
+from sbjax.strategies.core import (
+    GLOBAL,
+    NEEDS,
+    PER_TENSOR,
+    FunctionStrategy,
+    Global,
+    PerTensor,
+    Scope,
+    Strategy,
+    from_function,
+    global_mask,
+    layer_mask,
+    make,
+    map_prunable,
+    map_prunable_with_path,
+)
+from sbjax.strategies.registry import REGISTRY, get, names, register, resolve
+
+__all__ = [
+    "BASELINES",
+    "GLOBAL",
+    "NEEDS",
+    "PER_TENSOR",
+    "REGISTRY",
+    "FunctionStrategy",
+    "Global",
+    "PerTensor",
+    "Scope",
+    "Strategy",
+    "activation_score",
+    "from_function",
+    "get",
+    "global_activation",
+    "global_gradient",
+    "global_magnitude",
+    "global_mask",
+    "gradient_score",
+    "layer_activation",
+    "layer_gradient",
+    "layer_magnitude",
+    "layer_mask",
+    "magnitude_score",
+    "make",
+    "map_prunable",
+    "map_prunable_with_path",
+    "names",
+    "random",
+    "random_score",
+    "register",
+    "resolve",
+]
