@@ -29,21 +29,22 @@ import numpy as np
 from sbjax import stacked
 from sbjax import train as train_lib
 from sbjax.data.arrays import ImageData
+from sbjax.data.augment import Transform
 from sbjax.data.batches import to_device
-from sbjax.finetune import (
-    FinetuneResult,
+from sbjax.epochs import (
+    EpochStore,
     Log,
     Mask,
     Progress,
     Variables,
-    _eval_sums,
-    _Store,
-    _train_epoch,
-    _train_scores,
-    _val_scores,
-    _variables,
+    eval_sums,
     should_stop,
+    train_epoch,
+    train_scores,
+    val_scores,
+    variables_of,
 )
+from sbjax.finetune import FinetuneResult
 from sbjax.optim import FinetuneConfig, OptimizerConfig, make_optimizer
 
 __all__ = ["finetune_many"]
@@ -73,8 +74,8 @@ def finetune_many(
     settings: FinetuneConfig,
     keys: jax.Array | Sequence[jax.Array],
     *,
-    transform_train,
-    transform_eval,
+    transform_train: Transform,
+    transform_eval: Transform,
     checkpoint_dir: str | Path | None = None,
     execution: str = "auto",
     eval_batch_size: int = 500,
@@ -102,8 +103,8 @@ def finetune_many(
     execution = stacked.default_execution(num_models=k) if execution == "auto" else execution
     tx, step, eval_step = _stacked_steps(model, settings.optimizer, execution)
     states = [train_lib.init_state(v["params"], v.get("batch_stats", {}), m, tx) for v, m in zip(variables_list, masks)]
-    run = _Group(stacked.stack(states), _variables(stacked.stack(states)), [[] for _ in range(k)], [False] * k)
-    store = None if checkpoint_dir is None else _Store(Path(checkpoint_dir), f"{settings!r} x {k} models")
+    run = _Group(stacked.stack(states), variables_of(stacked.stack(states)), [[] for _ in range(k)], [False] * k)
+    store = None if checkpoint_dir is None else EpochStore(checkpoint_dir, f"{settings!r} x {k} models")
     saved = None if store is None else store.restore((run.state, run.best))
     if saved is not None:
         (state, best), meta = saved
@@ -112,12 +113,12 @@ def finetune_many(
     progress = Progress(log)
     while run.epochs() < settings.epochs and not all(run.done):
         epoch, start = run.epochs(), time.perf_counter()
-        run.state, (loss, top1, steps) = _train_epoch(step, run.state, train_data, keys, epoch, settings,
+        run.state, (loss, top1, steps) = train_epoch(step, run.state, train_data, keys, epoch, settings,
                                                       transform_train, progress, settings.epochs)  # fmt: skip
-        sums = _eval_sums(eval_step, _variables(run.state), *val_data, transform_eval, eval_batch_size)
+        sums = eval_sums(eval_step, variables_of(run.state), *val_data, transform_eval, eval_batch_size)
         seconds = time.perf_counter() - start
-        rows = [{"epoch": epoch + 1, **_train_scores(loss[i], top1[i], steps, settings.batch_size),
-                 **_val_scores(stacked.index(sums, i)), "seconds": seconds} for i in range(k)]  # fmt: skip
+        rows = [{"epoch": epoch + 1, **train_scores(loss[i], top1[i], steps, settings.batch_size),
+                 **val_scores(stacked.index(sums, i)), "seconds": seconds} for i in range(k)]  # fmt: skip
         for i in run.add(rows, settings.patience):
             progress.epoch(rows[i], settings.epochs, prefix=f"model {i + 1}/{k}: ")
         if store is not None:
@@ -152,7 +153,7 @@ class _Group:
             self.done[i] = should_stop([r["val_top1"] for r in self.history[i]], patience)
         take = jnp.asarray(improved)
         pick = lambda new, old: jnp.where(take.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)  # noqa: E731
-        self.best = jax.tree.map(pick, _variables(self.state), self.best)
+        self.best = jax.tree.map(pick, variables_of(self.state), self.best)
         return running
 
 

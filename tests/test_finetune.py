@@ -89,3 +89,12 @@ def test_a_model_without_batch_norm_gets_back_only_its_params():
                       transform_train=finetune_run.transform, transform_eval=finetune_run.transform,
                       log=lambda line: None)  # fmt: skip
     assert set(result.variables) == {"params"} and result.epochs == 1 and result.best_epoch == 1
+
+
+def test_epochs_docstring_examples():
+    import doctest
+
+    from sbjax import epochs
+
+    result = doctest.testmod(epochs)
+    assert result.attempted > 0 and result.failed == 0

@@ -1,0 +1,174 @@
+"""SHELL: the parts of a finetuning epoch that the one-model and the K-model loops share.
+
+One training epoch, validation sums and scores, early stopping, progress output and the
+per-epoch checkpoint store, for one model (a key of shape ``()``, scalar results) or K stacked
+models (keys of shape ``(K,)``, per-model results). ``sbjax.finetune`` and
+``sbjax.finetune_many`` build their loops from these.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from sbjax import train as train_lib
+from sbjax.data.augment import Transform
+from sbjax.data.batches import epoch_batches, eval_batches, steps_per_epoch
+from sbjax.optim import FinetuneConfig
+
+Variables = Any
+Mask = Any
+Log = Callable[[str], None]
+
+__all__ = [
+    "EpochStore",
+    "Log",
+    "Mask",
+    "Progress",
+    "Variables",
+    "eval_sums",
+    "should_stop",
+    "train_epoch",
+    "train_scores",
+    "val_scores",
+    "variables_of",
+]
+
+
+def should_stop(val_top1: list[float], patience: int | None) -> bool:
+    """Whether validation top-1 has fallen in each of the last ``patience`` epochs.
+
+    >>> should_stop([0.5, 0.6, 0.55, 0.52], 2), should_stop([0.5, 0.6, 0.55, 0.56], 2)
+    (True, False)
+    """
+    if patience is None or len(val_top1) <= patience:
+        return False
+    recent = val_top1[-patience - 1:]
+    return all(later < earlier for earlier, later in zip(recent, recent[1:]))
+
+
+class Progress:
+    """Progress output: a live bar on a terminal, one plain line per epoch otherwise."""
+
+    def __init__(self, log: Log | None = None, stream=None):
+        self.stream = stream or sys.stderr
+        self.log = log or (lambda line: print(line, file=self.stream, flush=True))
+        self.live = log is None and self.stream.isatty()
+        self.last = 0.0
+
+    def step(self, epoch: int, epochs: int, step: int, steps: int) -> None:
+        """Redraws the bar (terminals only, at most 10 times a second)."""
+        now = time.monotonic()
+        if not self.live or (now - self.last < 0.1 and step < steps):
+            return
+        self.last = now
+        done = int(30 * step / steps)
+        self.stream.write(f"\repoch {epoch}/{epochs} [{'=' * done}{' ' * (30 - done)}] {step}/{steps}")
+        self.stream.flush()
+
+    def epoch(self, row: dict[str, float], epochs: int, prefix: str = "") -> None:
+        """One line per finished epoch (``prefix`` names the model of a many-models job)."""
+        if self.live:
+            self.stream.write("\r" + " " * 60 + "\r")
+        self.log(f"{prefix}epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} top1 {row['train_top1']:.4f}, "
+                 f"val loss {row['val_loss']:.4f} top1 {row['val_top1']:.4f} top5 {row['val_top5']:.4f} "
+                 f"({row['seconds']:.1f}s)")  # fmt: skip
+
+
+def variables_of(state: train_lib.TrainState) -> Variables:
+    """The ``{"params", "batch_stats"}`` of a train state (one model's, or K stacked models')."""
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def eval_sums(eval_step: train_lib.EvalStep, variables: Variables, images: jax.Array, labels: jax.Array,
+              transform: Transform, batch_size: int) -> dict[str, jax.Array]:  # fmt: skip
+    """Validation sums over a split: scalars for one model, (K,) vectors for K stacked models."""
+    totals = {"loss": 0.0, "top1": 0, "top5": 0, "count": 0}
+    for x, y, valid in eval_batches(images, labels, batch_size, transform):
+        sums = eval_step(variables["params"], variables["batch_stats"], x, y, valid)
+        totals = {k: totals[k] + sums[k] for k in totals}
+    return totals
+
+
+def val_scores(totals: dict[str, jax.Array]) -> dict[str, float]:
+    """One model's ``val_loss``, ``val_top1`` and ``val_top5`` from its :func:`eval_sums`."""
+    n = int(totals["count"])
+    return {"val_loss": float(totals["loss"]) / n, "val_top1": int(totals["top1"]) / n, "val_top5": int(totals["top5"]) / n}
+
+
+def _fold_in(key: jax.Array, data: int) -> jax.Array:
+    """``fold_in`` of one key (shape ``()``) or of each of K keys (shape ``(K,)``)."""
+    return jax.random.fold_in(key, data) if key.ndim == 0 else jax.vmap(jax.random.fold_in, (0, None))(key, data)
+
+
+def train_epoch(step: train_lib.TrainStep, state: train_lib.TrainState, data: tuple[jax.Array, jax.Array],
+                key: jax.Array, epoch: int, settings: FinetuneConfig, transform: Transform, progress: Progress,
+                epochs: int) -> tuple[train_lib.TrainState, tuple[jax.Array, jax.Array, int]]:  # fmt: skip
+    """One epoch of one model (``key`` of shape ``()``) or of K stacked models (``key`` (K,)).
+
+    Batch orders and augmentation derive from ``fold_in(key, 0)``, dropout from
+    ``fold_in(key, 1)``; ``epochs`` is only shown in the progress bar.
+
+    Returns:
+        The state and ``(summed loss, summed top-1 count, steps)``, per model for K models.
+    """
+    images, labels = data
+    steps = steps_per_epoch(labels.shape[0], settings.batch_size)
+    steps = min(steps, settings.steps_per_epoch or steps)
+    loss, top1 = jnp.zeros(key.shape), jnp.zeros(key.shape, jnp.int32)
+    dropout = _fold_in(_fold_in(key, 1), epoch)
+    batches = epoch_batches(images, labels, _fold_in(key, 0), epoch, settings.batch_size, transform)
+    for i, (x, y) in enumerate(itertools.islice(batches, steps)):
+        state, metrics = step(state, x, y, _fold_in(dropout, i))
+        loss, top1 = loss + metrics["loss"], top1 + metrics["top1"]
+        progress.step(epoch + 1, epochs, i + 1, steps)
+    return state, (loss, top1, steps)
+
+
+def train_scores(loss: jax.Array, top1: jax.Array, steps: int, batch_size: int) -> dict[str, float]:
+    """One model's ``train_loss`` (mean over steps) and ``train_top1`` from :func:`train_epoch`'s sums."""
+    return {"train_loss": float(loss) / steps, "train_top1": int(top1) / (steps * batch_size)}
+
+
+class EpochStore:
+    """Per-epoch orbax checkpoints of a pytree of arrays and JSON metadata; the latest is resumed.
+
+    ``settings`` (a string) is saved with each checkpoint; one made with other settings is refused.
+    """
+
+    def __init__(self, directory: str | Path, settings: str):
+        import orbax.checkpoint as ocp
+
+        self.ocp = ocp
+        self.settings = settings
+        options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
+        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+    def save(self, epoch: int, arrays: Any, meta: dict[str, Any]) -> None:
+        """Saves ``arrays`` (any pytree of arrays) and ``meta`` (JSON-able) as checkpoint ``epoch``."""
+        leaves = {f"{i:06d}": leaf for i, leaf in enumerate(jax.tree.leaves(arrays))}
+        meta = {**meta, "settings": self.settings}
+        args = self.ocp.args.Composite(arrays=self.ocp.args.StandardSave(leaves), meta=self.ocp.args.JsonSave(meta))
+        self.manager.save(epoch, args=args)
+        self.manager.wait_until_finished()
+
+    def restore(self, arrays: Any) -> tuple[Any, dict[str, Any]] | None:
+        """The latest ``(arrays, meta)``, arrays with the structure of ``arrays``; ``None`` if none."""
+        latest = self.manager.latest_step()
+        if latest is None:
+            return None
+        meta = self.manager.restore(latest, args=self.ocp.args.Composite(meta=self.ocp.args.JsonRestore())).meta
+        if meta["settings"] != self.settings:
+            raise ValueError(f"checkpoint in {self.manager.directory} was made with other settings: "
+                             f"{meta['settings']}, not {self.settings}")  # fmt: skip
+        leaves, treedef = jax.tree.flatten(arrays)
+        target = {f"{i:06d}": leaf for i, leaf in enumerate(leaves)}
+        saved = self.manager.restore(latest, args=self.ocp.args.Composite(arrays=self.ocp.args.StandardRestore(target))).arrays
+        return jax.tree.unflatten(treedef, [jnp.asarray(saved[k]) for k in sorted(saved)]), dict(meta)
