@@ -3,6 +3,10 @@
 The unpruned reference (compression 1, strategy ``"none"``) is evaluated once per model and
 seed and starts every strategy's curve. Lines are means over seeds with standard-deviation error
 bars; x axes are log2; one panel per (model, dataset).
+
+Figures are built with matplotlib's object-oriented API (``matplotlib.figure.Figure``), never
+pyplot: importing or calling this module leaves the user's backend and open figures alone (in
+a notebook too), and saving PNG and SVG needs no backend.
 """
 
 from __future__ import annotations
@@ -11,12 +15,10 @@ import os
 from pathlib import Path
 
 import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from sbjax.results import summarize  # noqa: E402
+from sbjax.results import summarize
 
 __all__ = ["REFERENCE", "plot_sweep", "report_card"]
 
@@ -53,13 +55,14 @@ def plot_sweep(frame: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str =
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(frame)
     panels = sorted(summary.groupby(["model", "dataset"]).groups)
-    palette = plt.get_cmap("tab10").colors
+    palette = matplotlib.colormaps["tab10"].colors
     strategies = sorted(set(summary["strategy"]) - {REFERENCE})
     colors = {name: palette[i % len(palette)] for i, name in enumerate(strategies)}  # same in every panel
     written = []
     for axis, x in X_AXES.items():
         for change in (False, True):
-            fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+            fig = Figure(figsize=(5.5 * len(panels), 4.2))
+            axes = fig.subplots(1, len(panels), squeeze=False)
             for ax, (model, dataset) in zip(axes[0], panels):
                 rows = summary[(summary["model"] == model) & (summary["dataset"] == dataset)]
                 ref = rows.loc[rows["strategy"] == REFERENCE, f"{metric}_mean"]
@@ -77,7 +80,6 @@ def plot_sweep(frame: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str =
                 path = out_dir / f"{stem}.{ext}"
                 fig.savefig(path, dpi=120)
                 written.append(path)
-            plt.close(fig)
     return written
 
 
