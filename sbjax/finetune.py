@@ -77,7 +77,7 @@ def _steps(model: nn.Module, optimizer: OptimizerConfig):
     """
     tx = make_optimizer(optimizer)
     step = train_lib.make_train_step(train_lib.make_loss_fn(model), tx)
-    return tx, step, train_lib.make_eval_step(train_lib.make_predict_fn(model))
+    return tx, step, train_lib.eval_step_for(model)
 
 
 def finetune(

@@ -13,6 +13,7 @@ batches of a split gives exact totals, padded last batches included (``valid``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,7 @@ EvalStep = Callable[..., Metrics]
 __all__ = [
     "TrainState",
     "correct_counts",
+    "eval_step_for",
     "init_state",
     "make_eval_step",
     "make_loss_fn",
@@ -178,3 +180,13 @@ def make_eval_step(predict_fn: PredictFn, *, jit: bool = True) -> EvalStep:
         }
 
     return jax.jit(eval_step) if jit else eval_step
+
+
+@functools.lru_cache(maxsize=16)
+def eval_step_for(model: nn.Module) -> EvalStep:
+    """The jitted :func:`make_eval_step` of a Flax model, one per model (modules compare by value).
+
+    Every caller that evaluates the same model (finetuning's validation, a test-split evaluation)
+    shares its compilations: a batch shape compiles once per process.
+    """
+    return make_eval_step(make_predict_fn(model))

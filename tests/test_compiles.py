@@ -76,6 +76,17 @@ def test_finetuning_a_second_mask_compiles_nothing():
     assert result.epochs == 1 and np.isfinite(result.history[0]["train_loss"])
 
 
+def test_validation_and_a_test_evaluation_share_one_compiled_eval_step():
+    assert train.eval_step_for(TinyNet(num_classes=4)) is train.eval_step_for(MODEL)
+    result = finetune(MODEL, VARIABLES, mask(0.4), TRAIN, VAL, SETTINGS, jax.random.key(7), **transforms(),
+                      log=lambda _: None)  # fmt: skip
+    with compiles() as names:  # the validation split's batch shape and transform, the same model
+        scores = evaluate(train.eval_step_for(MODEL), result.variables, VAL, mean=(0.5,) * 3, std=(0.25,) * 3,
+                          augmentation="cifar")  # fmt: skip
+    assert names == []
+    assert scores["top1"] == result.history[0]["val_top1"]
+
+
 def test_finetuning_many_second_masks_compiles_nothing():
     run = lambda masks, keys: finetune_many(  # noqa: E731
         MODEL, [VARIABLES] * 2, masks, TRAIN, VAL, SETTINGS, keys, **transforms(), execution="vmap", log=lambda _: None)
