@@ -1,3 +1,6 @@
+import doctest
+from fractions import Fraction
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +10,16 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from sbjax import threshold
+
+
+def reference_count(fraction, n):
+    """round(f * n) in rationals for the float32 value f of a fraction in [0, 1], half to even."""
+    return round(Fraction(float(np.float32(fraction))) * n)
+
+
+def test_docstring_examples():
+    result = doctest.testmod(threshold)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_ties_are_broken_by_flattened_order_across_leaves():
@@ -21,9 +34,14 @@ def test_all_equal_scores_keep_the_first_k():
     np.testing.assert_array_equal(keep, [True] * 3 + [False] * 7)
 
 
-@pytest.mark.parametrize("fraction, expected", [(0.0, 0), (1e-6, 0), (0.04, 0), (0.05, 0), (0.06, 1), (0.5, 5), (1.0, 10)])
-def test_keep_count_rounds_half_to_even_like_python(fraction, expected):
-    assert int(threshold.keep_count(fraction, 10)) == expected == round(fraction * 10)
+# float32(0.05) = 0.0500000007...: 0.5000000075 of 10 entries rounds to 1, where Python's
+# round(0.05 * 10) (float64, whose product rounds to 0.5) gives 0; float32(0.35) * 10 is
+# 3.49999994, so 3 where Python gives round(3.5) == 4; 0.25 * 10 is an exact tie, to even.
+@pytest.mark.parametrize(
+    "fraction, expected", [(0.0, 0), (1e-6, 0), (0.04, 0), (0.05, 1), (0.06, 1), (0.25, 2), (0.35, 3), (0.5, 5), (1.0, 10)]
+)
+def test_keep_count_is_the_float32_fraction_times_n_rounded_half_to_even(fraction, expected):
+    assert int(threshold.keep_count(fraction, 10)) == expected == reference_count(fraction, 10)
     assert int(jax.jit(threshold.keep_count, static_argnums=1)(jnp.float32(fraction), 10)) == expected
 
 
@@ -68,7 +86,7 @@ def test_global_selection_laws(a, b, fraction):
     keep = threshold.global_keep({"a": jnp.asarray(a), "b": jnp.asarray(b)}, fraction)
     flat_scores = np.concatenate([a.ravel(), b.ravel()])
     flat_keep = np.concatenate([np.asarray(keep["a"]).ravel(), np.asarray(keep["b"]).ravel()])
-    k = round(fraction * flat_scores.size)
+    k = reference_count(fraction, flat_scores.size)
     # exact count
     assert flat_keep.sum() == k
     # every kept score >= every dropped score
@@ -86,7 +104,7 @@ def test_global_selection_laws(a, b, fraction):
 def test_layer_selection_is_monotone_in_fraction(a, fraction):
     small = np.asarray(threshold.layer_keep(jnp.asarray(a), fraction * 0.5))
     large = np.asarray(threshold.layer_keep(jnp.asarray(a), fraction))
-    assert small.sum() == round(fraction * 0.5 * a.size) and large.sum() == round(fraction * a.size)
+    assert small.sum() == reference_count(fraction * 0.5, a.size) and large.sum() == reference_count(fraction, a.size)
     assert not (small & ~large).any()  # keeping less never keeps anything new
 
 
@@ -99,11 +117,11 @@ def test_large_leaves_use_every_counting_layout_and_stay_exact(fraction):
     c = np.full(300, 25.0, np.float32)
     keep = jax.jit(threshold.global_keep)({"a": jnp.asarray(a), "b": jnp.asarray(b), "c": jnp.asarray(c)}, fraction)
     flat_scores = np.concatenate([a, b, c])
-    k = round(fraction * flat_scores.size)
+    k = reference_count(fraction, flat_scores.size)
     expected = np.zeros(flat_scores.size, bool)
     expected[np.argsort(-flat_scores, kind="stable")[:k]] = True
     got = np.concatenate([np.asarray(keep[n]) for n in "abc"])
     assert got.sum() == k
     np.testing.assert_array_equal(got, expected)
     layer = jax.jit(threshold.layer_keep)({"a": jnp.asarray(a)}, fraction)["a"]
-    assert int(layer.sum()) == round(fraction * a.size)
+    assert int(layer.sum()) == reference_count(fraction, a.size)
