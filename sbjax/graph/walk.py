@@ -39,17 +39,17 @@ from jax.extend import source_info_util
 from sbjax.graph import costs
 from sbjax.graph import zeros
 
-__all__ = ["Call", "Info", "Tally", "walk_closed"]
+__all__ = ["CALL_PARAMS", "TRANSPARENT", "Call", "Info", "Tally", "walk_closed"]
 
 # Ops that move a value without changing it: a kernel keeps its origin through them.
-_TRANSPARENT = frozenset(
+TRANSPARENT = frozenset(
     {
         "convert_element_type", "reshape", "transpose", "broadcast_in_dim", "squeeze", "copy",
         "copy_p", "rev", "reduce_precision", "slice", "dynamic_slice", "optimization_barrier",
         "device_put", "sharding_constraint", "mesh_cast", "reshard",
     }
 )
-_CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
+CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 _KNOWN_CALLS = frozenset(
     {"jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
      "custom_vjp_call_jaxpr", "remat", "remat2", "checkpoint", "custom_lin"}
@@ -182,7 +182,7 @@ def _equation(eqn, ins: list[Info], tally: Tally) -> list[Info]:
         return _scan(eqn, ins, tally)
     if name == "while":
         return _while(eqn, ins, tally)
-    sub = next((eqn.params[k] for k in _CALL_PARAMS if k in eqn.params), None)
+    sub = next((eqn.params[k] for k in CALL_PARAMS if k in eqn.params), None)
     if isinstance(sub, (core.Jaxpr, core.ClosedJaxpr)):
         jaxpr, consts = _closed(sub)
         if len(jaxpr.invars) == len(ins) and len(jaxpr.outvars) == len(eqn.outvars):
@@ -237,7 +237,7 @@ def _product(eqn, ins: list[Info], tally: Tally) -> Info:
 def _origin(name: str, ins: list[Info]) -> int | None:
     if not ins:
         return None
-    if name in _TRANSPARENT:
+    if name in TRANSPARENT:
         rest = ins[1:]
         if all(r.origin is None and not r.act for r in rest):
             return ins[0].origin
