@@ -13,9 +13,9 @@ from sbjax.masks import (
     leaf_density,
     ones_like,
 )
-from sbjax.scoring import cross_entropy, scoring_inputs
-from sbjax.selection import Selection, prunable, prunable_paths, weight_layers
-from sbjax.strategies import global_mask, layer_mask, map_prunable, map_prunable_with_path
+from sbjax.scoring import cross_entropy, make_apply_fn, scoring_inputs
+from sbjax.selection import Selection, SelectionError, prunable, prunable_paths, weight_layers
+from sbjax.strategies import Strategy, global_mask, layer_mask, map_prunable, map_prunable_with_path
 from sbjax.threshold import global_keep, keep_count, layer_keep
 from sbjax.optim import FinetuneConfig, OptimizerConfig, make_optimizer, preset
 from sbjax.train import TrainState, init_state, make_eval_step, make_loss_fn, make_predict_fn, make_train_step
@@ -30,6 +30,8 @@ __all__ = [
     "MaskMismatchError",
     "OptimizerConfig",
     "Selection",
+    "SelectionError",
+    "Strategy",
     "TrainState",
     "apply_mask",
     "check_mask",
@@ -49,6 +51,7 @@ __all__ = [
     "layer_mask",
     "leaf_counts",
     "leaf_density",
+    "make_apply_fn",
     "make_eval_step",
     "make_loss_fn",
     "make_optimizer",
