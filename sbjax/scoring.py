@@ -32,7 +32,7 @@ from sbjax.graph.walk import CALL_PARAMS, TRANSPARENT
 Params = Any
 Activations = dict[str, jax.Array]
 
-__all__ = ["MODES", "cross_entropy", "input_activations", "make_apply_fn", "scoring_inputs"]
+__all__ = ["MODES", "cross_entropy", "gradients", "input_activations", "make_apply_fn", "scoring_inputs"]
 
 MODES = ("eval", "train")
 
@@ -81,8 +81,18 @@ def scoring_inputs(
         weight layer's module path (``"layer1_0/conv1"``) to a vector with one entry per input
         channel. A layer called several times gets the mean over its calls.
     """
-    grads = jax.grad(lambda p: loss_fn(apply_fn(p, x), y))(params)
-    return grads, input_activations(apply_fn, params, x)
+    return gradients(apply_fn, params, x, y, loss_fn), input_activations(apply_fn, params, x)
+
+
+def gradients(
+    apply_fn: Callable[[Params, jax.Array], jax.Array],
+    params: Params,
+    x: jax.Array,
+    y: jax.Array,
+    loss_fn: Callable[[jax.Array, jax.Array], jax.Array] = cross_entropy,
+) -> Params:
+    """The gradient of ``loss_fn(apply_fn(params, x), y)`` with respect to ``params``."""
+    return jax.grad(lambda p: loss_fn(apply_fn(p, x), y))(params)
 
 
 def input_activations(apply_fn: Callable[[Params, Any], Any], params: Params, x: Any) -> Activations:
