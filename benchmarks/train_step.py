@@ -44,12 +44,11 @@ def jax_worker(args) -> dict:
     import optax
 
     from sbjax import fastconv, models, strategies
-    from sbjax.models import layers
     from sbjax.stacked import make_stacked_step, model_mesh, shard, stack
     from sbjax.train import init_state, make_loss_fn, make_train_step
 
-    layers.CONV_GENERAL_DILATED = fastconv.conv_general_dilated if args.conv == "fast" else jax.lax.conv_general_dilated
-    model, variables = models.init("resnet20", jax.random.key(0))
+    conv = fastconv.conv_general_dilated if args.conv == "fast" else jax.lax.conv_general_dilated
+    model, variables = models.init("resnet20", jax.random.key(0), conv_general_dilated=conv)
     tx = optax.sgd(1e-3, momentum=0.9, nesterov=True)
     mask = strategies.global_magnitude(variables["params"], None, 0.25)
     loss_fn = make_loss_fn(model)

@@ -79,10 +79,9 @@ def test_flax_conv_accepts_it_and_matches_the_default():
 
 def test_sbjax_models_use_it_and_walkers_still_see_the_convolutions():
     from sbjax import models
-    from sbjax.models import layers
 
-    assert layers.CONV_GENERAL_DILATED is fastconv.conv_general_dilated
     model, variables = models.init("resnet20", jax.random.key(0))
+    assert model.conv_general_dilated is fastconv.conv_general_dilated
     jaxpr = str(jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, jnp.zeros((1, 32, 32, 3))))
     assert jaxpr.count("custom_vjp_call") == 19  # 19 convolutions, option-A shortcuts have none
     assert jaxpr.count("conv_general_dilated") >= 19

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 import torch_reference
-from sbjax import models
+from sbjax import fastconv, models
 
 # Expected counts are PyTorch's (torchvision or the references in torch_reference.py).
 TORCH_MODELS = {
@@ -83,18 +83,47 @@ def test_train_mode_updates_batch_stats_and_eval_mode_is_deterministic():
     np.testing.assert_array_equal(evaluate(variables, x), evaluate(variables, x))
 
 
-def test_all_convolutions_go_through_the_layer_factory(monkeypatch):
-    from sbjax.models import layers
-
-    calls = []
-
-    def counting_conv(*args, **kwargs):
+def _counting_conv(calls: list):
+    def conv(*args, **kwargs):
         calls.append(1)
         return jax.lax.conv_general_dilated(*args, **kwargs)
 
-    monkeypatch.setattr(layers, "CONV_GENERAL_DILATED", counting_conv)
-    for name, expected in (("resnet20", 19), ("resnet18", 20), ("mobilenet_v2", 52), ("vgg_bn_drop", 13)):
-        model, variables = models.create(name), models.abstract_variables(name)
-        calls.clear()
-        jax.eval_shape(lambda v, x: model.apply(v, x), variables, jax.ShapeDtypeStruct((1, *models.input_shape(name)), np.float32))
-        assert len(calls) == expected, name
+    return conv
+
+
+def _eval_shape(model, name):
+    x = jax.ShapeDtypeStruct((1, *models.input_shape(name)), np.float32)
+    return jax.eval_shape(lambda v, x: model.apply(v, x), models.abstract_variables(name), x)
+
+
+@pytest.mark.parametrize(
+    "name, expected", [("resnet20", 19), ("resnet18", 20), ("mobilenet_v2", 52), ("vgg_bn_drop", 13), ("mnistnet", 2)]
+)
+def test_every_convolution_uses_the_model_field(name, expected):
+    calls = []
+    model = models.create(name, conv_general_dilated=_counting_conv(calls))
+    _eval_shape(model, name)
+    assert len(calls) == expected
+
+
+def test_two_models_in_one_process_use_their_own_convolution():
+    counted, default = [], models.create("resnet20")
+    counting = models.create("resnet20", conv_general_dilated=_counting_conv(counted))
+    assert default.conv_general_dilated is fastconv.conv_general_dilated
+    _eval_shape(default, "resnet20")
+    assert counted == []
+    _eval_shape(counting, "resnet20")
+    assert len(counted) == 19
+    # Jitted, each model traces its own convolution: only the counting model's trace counts.
+    variables = models.init("resnet20", jax.random.key(0))[1]
+    x = jax.numpy.zeros((1, 32, 32, 3))
+    np.testing.assert_array_equal(jax.jit(default.apply)(variables, x), jax.jit(counting.apply)(variables, x))
+    assert len(counted) == 38
+    _, counting_variables = models.init("resnet20", jax.random.key(0), conv_general_dilated=_counting_conv(counted))
+    assert len(counted) == 57
+    jax.tree.map(np.testing.assert_array_equal, counting_variables, variables)
+
+
+def test_bad_convolution_is_rejected():
+    with pytest.raises(ValueError, match="conv_general_dilated must be a function"):
+        models.create("resnet20", conv_general_dilated="fast")

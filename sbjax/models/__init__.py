@@ -9,11 +9,16 @@ and returns logits; its variables are ``{"params": ..., "batch_stats": ...}`` (n
 >>> model = models.create("resnet20")
 >>> models.input_shape("resnet20"), models.num_classes("resnet20")
 ((32, 32, 3), 10)
+
+Every model has a ``conv_general_dilated`` field, the convolution all its layers use (default
+``sbjax.fastconv.conv_general_dilated``, bitwise ``jax.lax.conv_general_dilated`` and faster to
+train on CPU); ``create(name, conv_general_dilated=...)`` sets it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -21,14 +26,26 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sbjax import fastconv
 from sbjax.models.cifar_resnet import CifarResNet
 from sbjax.models.cifar_vgg import CifarVGG
+from sbjax.models.layers import ConvGeneralDilated
 from sbjax.models.mnist import MLP, MnistNet
 from sbjax.models.mobilenet import MobileNetV2
 from sbjax.models.resnet import ResNet
 from sbjax.models.vgg import VGG
 
-__all__ = ["ModelSpec", "REGISTRY", "abstract_variables", "create", "init", "input_shape", "names", "num_classes", "spec"]
+__all__ = [
+    "ModelSpec",
+    "REGISTRY",
+    "abstract_variables",
+    "create",
+    "init",
+    "input_shape",
+    "names",
+    "num_classes",
+    "spec",
+]
 
 Variables = Any
 
@@ -38,13 +55,13 @@ class ModelSpec:
     """How to build a registered model, and the data it expects by default.
 
     Attributes:
-        build: ``build(num_classes) -> flax.linen.Module``.
+        build: ``build(num_classes=..., conv_general_dilated=...) -> flax.linen.Module``.
         num_classes: default number of classes.
         input_shape: default input ``(height, width, channels)`` of one example.
         description: one line for listings.
     """
 
-    build: Callable[[int], nn.Module]
+    build: Callable[..., nn.Module]
     num_classes: int
     input_shape: tuple[int, int, int]
     description: str
@@ -56,23 +73,26 @@ _IMAGENET = (224, 224, 3)
 
 
 def _cifar_resnet(depth: int) -> ModelSpec:
-    return ModelSpec(
-        lambda n: CifarResNet(depth, n), 10, _CIFAR, f"CIFAR ResNet-{depth}, option A shortcuts"
-    )
+    build = functools.partial(CifarResNet, depth)
+    return ModelSpec(build, 10, _CIFAR, f"CIFAR ResNet-{depth}, option A shortcuts")
 
 
 def _resnet(depth: int) -> ModelSpec:
-    return ModelSpec(lambda n: ResNet(depth, n), 1000, _IMAGENET, f"torchvision ResNet-{depth}")
+    return ModelSpec(functools.partial(ResNet, depth), 1000, _IMAGENET, f"torchvision ResNet-{depth}")
 
 
 REGISTRY: dict[str, ModelSpec] = {
     **{f"resnet{d}": _cifar_resnet(d) for d in (20, 32, 44, 56, 110)},
     **{f"resnet{d}": _resnet(d) for d in (18, 34, 50)},
-    "vgg_bn_drop": ModelSpec(CifarVGG, 10, _CIFAR, "CIFAR-VGG with batch norm and dropout (Zagoruyko 2015)"),
+    "vgg_bn_drop": ModelSpec(
+        CifarVGG, 10, _CIFAR, "CIFAR-VGG with batch norm and dropout (Zagoruyko 2015)"
+    ),
     "mnistnet": ModelSpec(MnistNet, 10, _MNIST, "ShrinkBench's MnistNet: two 5x5 convs, two dense layers"),
     "mlp": ModelSpec(MLP, 10, _MNIST, "LeNet-300-100: dense 300, dense 100, classifier"),
     "vgg16_bn": ModelSpec(VGG, 1000, _IMAGENET, "torchvision VGG-16 with batch norm"),
-    "mobilenet_v2": ModelSpec(MobileNetV2, 1000, _IMAGENET, "torchvision MobileNetV2 (depthwise convolutions)"),
+    "mobilenet_v2": ModelSpec(
+        MobileNetV2, 1000, _IMAGENET, "torchvision MobileNetV2 (depthwise convolutions)"
+    ),
 }
 
 
@@ -89,14 +109,29 @@ def spec(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}") from None
 
 
-def create(name: str, num_classes: int | None = None) -> nn.Module:
-    """Builds the registered model ``name`` with ``num_classes`` outputs (default: its own)."""
+def create(
+    name: str, num_classes: int | None = None, *, conv_general_dilated: ConvGeneralDilated | None = None
+) -> nn.Module:
+    """Builds the registered model ``name`` with ``num_classes`` outputs (default: its own).
+
+    Args:
+        name: a registered model name (see :func:`names`).
+        num_classes: outputs of the classifier; ``None`` means the model's default.
+        conv_general_dilated: the convolution every layer uses, with the signature of
+            ``jax.lax.conv_general_dilated``; ``None`` means ``sbjax.fastconv.conv_general_dilated``.
+    """
     model_spec = spec(name)
     if num_classes is None:
         num_classes = model_spec.num_classes
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    return model_spec.build(num_classes)
+    if conv_general_dilated is None:
+        conv_general_dilated = fastconv.conv_general_dilated
+    elif not callable(conv_general_dilated):
+        raise ValueError(
+            f"conv_general_dilated must be a function like jax.lax.conv_general_dilated, got {conv_general_dilated!r}"
+        )
+    return model_spec.build(num_classes=num_classes, conv_general_dilated=conv_general_dilated)
 
 
 def input_shape(name: str) -> tuple[int, int, int]:
@@ -110,10 +145,15 @@ def num_classes(name: str) -> int:
 
 
 def init(
-    name: str, key: jax.Array, num_classes: int | None = None, shape: tuple[int, int, int] | None = None
+    name: str,
+    key: jax.Array,
+    num_classes: int | None = None,
+    shape: tuple[int, int, int] | None = None,
+    *,
+    conv_general_dilated: ConvGeneralDilated | None = None,
 ) -> tuple[nn.Module, Variables]:
-    """Builds model ``name`` and initializes its variables from ``key`` on a batch of one."""
-    model = create(name, num_classes)
+    """Builds model ``name`` (see :func:`create`) and initializes its variables from ``key`` on a batch of one."""
+    model = create(name, num_classes, conv_general_dilated=conv_general_dilated)
     x = jnp.zeros((1, *(shape or input_shape(name))), jnp.float32)
     return model, jax.jit(lambda k, x: model.init(k, x, train=False))(key, x)
 

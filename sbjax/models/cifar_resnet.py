@@ -8,11 +8,15 @@ bn2}`` and ``linear``. Downsampling shortcuts have no parameters: they subsample
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sbjax.models.layers import batch_norm, conv
+from sbjax import fastconv
+from sbjax.models import layers
+from sbjax.models.layers import ConvGeneralDilated, batch_norm
 
 __all__ = ["BasicBlockA", "CifarResNet", "DEPTHS"]
 
@@ -28,9 +32,11 @@ class BasicBlockA(nn.Module):
 
     planes: int
     strides: int = 1
+    conv_general_dilated: ConvGeneralDilated = fastconv.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        conv = functools.partial(layers.conv, conv_general_dilated=self.conv_general_dilated)
         out = conv(self.planes, 3, self.strides, name="conv1", kernel_init=_KAIMING_FAN_IN)(x)
         out = nn.relu(batch_norm(train, name="bn1")(out))
         out = conv(self.planes, 3, 1, name="conv2", kernel_init=_KAIMING_FAN_IN)(out)
@@ -47,16 +53,20 @@ class CifarResNet(nn.Module):
 
     depth: int = 20
     num_classes: int = 10
+    conv_general_dilated: ConvGeneralDilated = fastconv.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.depth not in DEPTHS:
             raise ValueError(f"CIFAR ResNet depth must be one of {sorted(DEPTHS)}, got {self.depth}")
+        conv = functools.partial(layers.conv, conv_general_dilated=self.conv_general_dilated)
         x = conv(16, 3, 1, name="conv1", kernel_init=_KAIMING_FAN_IN)(x)
         x = nn.relu(batch_norm(train, name="bn1")(x))
         for stage, (planes, strides) in enumerate(((16, 1), (32, 2), (64, 2)), start=1):
             for i in range(DEPTHS[self.depth]):
-                block = BasicBlockA(planes, strides if i == 0 else 1, name=f"layer{stage}_{i}")
+                block = BasicBlockA(
+                    planes, strides if i == 0 else 1, self.conv_general_dilated, name=f"layer{stage}_{i}"
+                )
                 x = block(x, train)
         x = x.mean(axis=(1, 2))
         return nn.Dense(self.num_classes, kernel_init=_KAIMING_FAN_IN, name="linear")(x)

@@ -13,7 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sbjax.models.layers import batch_norm, conv, max_pool
+from sbjax import fastconv
+from sbjax.models.layers import ConvGeneralDilated, batch_norm, conv, max_pool
 
 __all__ = ["CifarVGG", "ConvBNReLU", "STAGES", "layout"]
 
@@ -46,10 +47,11 @@ class ConvBNReLU(nn.Module):
     """Conv 3x3 (with bias), BN (eps 1e-3), ReLU: ShrinkBench's ``ConvBNReLU``."""
 
     features: int
+    conv_general_dilated: ConvGeneralDilated = fastconv.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = conv(self.features, 3, use_bias=True, name="conv")(x)
+        x = conv(self.features, 3, use_bias=True, name="conv", conv_general_dilated=self.conv_general_dilated)(x)
         return nn.relu(batch_norm(train, name="bn", epsilon=_EPS)(x))
 
 
@@ -57,12 +59,13 @@ class CifarVGG(nn.Module):
     """vgg_bn_drop for 32x32 inputs (features end at 1x1x512). Dropout needs a ``"dropout"`` rng."""
 
     num_classes: int = 10
+    conv_general_dilated: ConvGeneralDilated = fastconv.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         for index, (kind, value) in enumerate(layout()):
             if kind == "conv":
-                x = ConvBNReLU(int(value), name=f"features_{index}")(x, train)
+                x = ConvBNReLU(int(value), self.conv_general_dilated, name=f"features_{index}")(x, train)
             elif kind == "dropout":
                 x = nn.Dropout(float(value), deterministic=not train)(x)
             else:

@@ -1,11 +1,13 @@
 """The building blocks every sbjax model is made of: one convolution factory, one batch norm.
 
-Every convolution of sbjax's models is created by :func:`conv`, which passes
-``conv_general_dilated=CONV_GENERAL_DILATED``. Swap the convolution implementation for all models
-in one place by assigning that module-level variable *before* the model is built::
+Every convolution of sbjax's models is created by :func:`conv`, which takes the convolution
+implementation as its ``conv_general_dilated`` argument. Each model has a field of that name
+(default ``fastconv.conv_general_dilated``) and passes it down to every block, so the
+implementation is a property of the model, not of the process: two models in one process can
+differ, and a step compiled for one stays valid::
 
-    from sbjax.models import layers
-    layers.CONV_GENERAL_DILATED = my_conv_general_dilated  # same signature as jax.lax's
+    from sbjax import models
+    plain = models.create("resnet20", conv_general_dilated=jax.lax.conv_general_dilated)
 
 Conventions follow PyTorch so that ported weights give the same logits: explicit symmetric
 padding (``padding=p`` pads ``p`` on each side, default ``(k - 1) // 2``), no bias unless asked,
@@ -24,7 +26,7 @@ import jax.numpy as jnp
 from sbjax import fastconv
 
 __all__ = [
-    "CONV_GENERAL_DILATED",
+    "ConvGeneralDilated",
     "TORCH_BN_MOMENTUM",
     "adaptive_avg_pool",
     "batch_norm",
@@ -33,10 +35,10 @@ __all__ = [
     "max_pool",
 ]
 
-#: The convolution primitive used by every model; replace it to change all of them at once.
-#: ``fastconv.conv_general_dilated`` gives the results of ``jax.lax.conv_general_dilated``
-#: bitwise, and trains faster on CPU (a fusion fence before the kernel gradient).
-CONV_GENERAL_DILATED: Callable[..., jax.Array] = fastconv.conv_general_dilated
+#: A function with the signature of ``jax.lax.conv_general_dilated``. The models' default,
+#: ``fastconv.conv_general_dilated``, gives its results bitwise and trains faster on CPU (a
+#: fusion fence before the kernel gradient).
+ConvGeneralDilated = Callable[..., jax.Array]
 
 #: PyTorch's default ``BatchNorm`` momentum (the weight of the *new* batch statistic).
 TORCH_BN_MOMENTUM = 0.1
@@ -54,6 +56,7 @@ def conv(
     groups: int = 1,
     name: str | None = None,
     kernel_init: Callable[..., Any] = KAIMING_FAN_OUT,
+    conv_general_dilated: ConvGeneralDilated = fastconv.conv_general_dilated,
 ) -> nn.Conv:
     """A square 2-D convolution over NHWC inputs with PyTorch's padding convention.
 
@@ -67,6 +70,8 @@ def conv(
         groups: ``feature_group_count``; ``groups == in_channels`` is a depthwise convolution.
         name: the module name, chosen to mirror the PyTorch module path (see ``porting``).
         kernel_init: initializer of the kernel (HWIO).
+        conv_general_dilated: the convolution implementation, with the signature of
+            ``jax.lax.conv_general_dilated`` (the model's field of the same name).
 
     Returns:
         A ``flax.linen.Conv`` whose kernel has shape ``(k, k, in // groups, features)``.
@@ -80,7 +85,7 @@ def conv(
         use_bias=use_bias,
         feature_group_count=groups,
         kernel_init=kernel_init,
-        conv_general_dilated=CONV_GENERAL_DILATED,
+        conv_general_dilated=conv_general_dilated,
         name=name,
     )
 

@@ -7,10 +7,14 @@ three-layer classifier with dropout. Names mirror torchvision's ``nn.Sequential`
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 
-from sbjax.models.layers import adaptive_avg_pool, batch_norm, conv, flatten_nchw, max_pool
+from sbjax import fastconv
+from sbjax.models import layers
+from sbjax.models.layers import ConvGeneralDilated, adaptive_avg_pool, batch_norm, flatten_nchw, max_pool
 
 __all__ = ["CONFIG_D", "VGG"]
 
@@ -25,9 +29,11 @@ class VGG(nn.Module):
 
     num_classes: int = 1000
     config: tuple[int | str, ...] = CONFIG_D
+    conv_general_dilated: ConvGeneralDilated = fastconv.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        conv = functools.partial(layers.conv, conv_general_dilated=self.conv_general_dilated)
         index = 0
         for item in self.config:
             if item == "M":
