@@ -3,16 +3,21 @@
 XLA:CPU fuses the recomputation of the ops that produced a convolution's input (batch-norm
 apply, residual add, ReLU) into the layout transpose feeding the kernel-gradient convolution,
 and that fused loop is very slow: in a CIFAR ResNet-20 step it took as long as all the
-convolutions together. ``conv_general_dilated`` here is a ``jax.custom_vjp`` whose backward pass
-sends the saved input through a *fusion fence* before the kernel gradient: a ``lax.cond`` on a
-runtime predicate that is always true, whose branches differ (identity, multiply by zero), so
-XLA can neither fold it nor fuse across it. (``lax.optimization_barrier`` is expanded before
-fusion on XLA:CPU and does not help.) The fence is only lowered on CPU
-(``lax.platform_dependent``); on GPU/TPU the backward pass is JAX's usual one.
+convolutions together. ``conv_general_dilated`` here is a ``jax.custom_jvp`` whose JVP rule
+sends the input through a *fusion fence* before the term that is linear in the kernel's tangent,
+``conv(fence(lhs), rhs_dot)``; reverse mode transposes that term into the kernel-gradient
+convolution, which therefore reads the fenced input. The fence is a ``lax.cond`` on a runtime
+predicate that is always true, whose branches differ (identity, multiply by zero), so XLA can
+neither fold it nor fuse across it. (``lax.optimization_barrier`` is expanded before fusion on
+XLA:CPU and does not help.) The predicate's token is taken from the kernel, a primal value, so
+the rule stays linear in the tangents and ``jax.jvp``, ``jax.jacfwd``, ``jax.grad`` and their
+compositions all work. The fence is only lowered on CPU (``lax.platform_dependent``); elsewhere
+it is the identity, and without differentiation there is no fence at all.
 
 Forward, input gradient and kernel gradient are computed by the very ops JAX's own autodiff of
-``lax.conv_general_dilated`` uses, so results are bitwise identical. The forward jaxpr holds a
-``custom_vjp_call`` whose inner jaxpr contains the ``conv_general_dilated`` equation.
+``lax.conv_general_dilated`` uses (its JVP is the same bilinear rule), so results are bitwise
+identical. The forward jaxpr holds a ``custom_jvp_call`` whose inner jaxpr contains the
+``conv_general_dilated`` equation.
 
 Use it through Flax: ``nn.Conv(..., conv_general_dilated=fastconv.conv_general_dilated)``.
 """
@@ -25,6 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 __all__ = ["conv_general_dilated", "fence"]
 
@@ -55,22 +61,26 @@ def _as_static(value: Any) -> Any:
 
 
 def _fenced_conv(conv):
-    """``conv(lhs, rhs)`` with a custom backward pass that fences ``lhs`` for the kernel grad."""
+    """``conv(lhs, rhs)`` with a JVP rule that fences ``lhs`` in the term linear in ``rhs_dot``."""
 
-    @jax.custom_vjp
+    @jax.custom_jvp
     def fenced(lhs, rhs):
         return conv(lhs, rhs)
 
-    def forward(lhs, rhs):
-        return conv(lhs, rhs), (lhs, rhs)
+    def jvp(primals, tangents):
+        lhs, rhs = primals
+        lhs_dot, rhs_dot = tangents
+        out = conv(lhs, rhs)
+        terms = []
+        if not isinstance(lhs_dot, SymbolicZero):
+            terms.append(conv(lhs_dot, rhs))
+        if not isinstance(rhs_dot, SymbolicZero):
+            terms.append(conv(fence(lhs, rhs.reshape(-1)[0]), rhs_dot))
+        if not terms:
+            return out, jnp.zeros_like(out)
+        return out, terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
-    def backward(residuals, g):
-        lhs, rhs = residuals
-        token = g.reshape(-1)[0]
-        _, pullback = jax.vjp(conv, fence(lhs, token), rhs)
-        return pullback(g)
-
-    fenced.defvjp(forward, backward)
+    fenced.defjvp(jvp, symbolic_zeros=True)
     return fenced
 
 
