@@ -3,7 +3,8 @@
 ShrinkBench's way (NumPy): concatenate |w| of all prunable tensors, ``np.quantile`` at
 ``1 - fraction``, threshold every tensor. It is approximate: ties and the quantile's
 interpolation make the kept count differ from the target. sbjax keeps exactly
-``round(fraction * N)`` entries, without sorting and without concatenating.
+``round(fraction * N)`` entries (``fraction`` as float32, the product exact), without sorting
+and without concatenating.
 
     python benchmarks/global_magnitude.py [--repeats 5] [--fraction 0.1]
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +82,7 @@ def main() -> None:
     flags = __import__("sbjax").prunable(params_np)
     prunable_np = [p for p, f in zip(jax.tree.leaves(params_np), jax.tree.leaves(flags)) if f]
     n_prunable = sum(p.size for p in prunable_np)
-    target = round(args.fraction * n_prunable)
+    target = round(Fraction(float(np.float32(args.fraction))) * n_prunable)  # what sbjax promises
 
     mask_fn = jax.jit(lambda p, f: strategies.global_magnitude(p, None, f))
     fraction = jnp.float32(args.fraction)
