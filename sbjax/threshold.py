@@ -33,7 +33,6 @@ __all__ = ["global_keep", "keep_count", "layer_keep", "sortable_keys"]
 
 Scores = Any
 
-
 MAX_COUNT = 2**31 - 1  # counts are int32
 
 
@@ -75,9 +74,10 @@ def _device_count(f: jax.Array, n: int) -> jax.Array:
     u32 = jnp.uint32
     bits = lax.bitcast_convert_type(f, u32)
     magnitude, positive = bits & u32(0x7FFFFFFF), (bits >> 31) == 0
-    exponent = jnp.maximum(magnitude >> 23, u32(1))  # subnormals: exponent 1, no implicit bit
-    mantissa = (magnitude & u32(0x7FFFFF)) | jnp.where(magnitude >> 23 > 0, u32(0x800000), u32(0))
-    shift = jnp.clip(u32(150) - jnp.minimum(exponent, u32(126)), 24, 56)  # m*n < 2**55: s >= 56 gives 0
+    exponent = magnitude >> 23  # biased; 0 for subnormals, which have no implicit bit
+    mantissa = (magnitude & u32(0x7FFFFF)) | jnp.where(exponent > 0, u32(0x800000), u32(0))
+    # f = mantissa * 2**-shift; past 56, m * n < 2**55 <= 2**(shift - 1) rounds to 0 all the same
+    shift = jnp.minimum(u32(150) - jnp.clip(exponent, u32(1), u32(126)), u32(56))
     hi, lo = _mul_wide(mantissa, n)
     q, guard, sticky = _shift_right(hi, lo, shift)
     k = q + (guard & (sticky | (q & u32(1))))
