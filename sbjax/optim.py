@@ -5,8 +5,10 @@ an ``optax.GradientTransformation``. Weight decay follows PyTorch: for ``sgd`` a
 added to the gradient (L2, like ``torch.optim.SGD/Adam(weight_decay=)``); ``adamw`` decouples it.
 The learning rate is constant unless a schedule is named.
 
-``FinetuneConfig`` adds what the finetuning loop needs (batch size, epochs, early stopping), and
-``preset(name)`` returns one of ``PRESETS``:
+``FinetuneConfig`` adds what the finetuning loop needs (batch size, epochs, early stopping),
+``preset(name)`` returns one of ``PRESETS`` (a read-only mapping of frozen values), and
+``override(settings, changes)`` applies flat ``key=value`` changes, where the keys are the fields
+of both dataclasses (``OVERRIDE_KEYS``; ``optimizer`` names the optimizer):
 
 - ``thesis-cifar``: batch 64, 30 epochs, Adam lr 3e-4, fixed, early stopping (thesis Table 6.1);
 - ``thesis-imagenet``: batch 256, 20 epochs, SGD Nesterov 0.9, lr 1e-3, fixed, early stopping;
@@ -20,12 +22,15 @@ takes ``patience=3`` consecutive decreasing epochs.
 from __future__ import annotations
 
 import dataclasses
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import optax
 
-__all__ = ["PRESETS", "FinetuneConfig", "OptimizerConfig", "make_optimizer", "make_schedule", "preset"]
+__all__ = ["OVERRIDE_KEYS", "PRESETS", "FinetuneConfig", "OptimizerConfig", "make_optimizer", "make_schedule",
+           "override", "preset"]  # fmt: skip
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
@@ -63,6 +68,7 @@ class OptimizerConfig:
     decay_factor: float = 0.1
 
     def __post_init__(self) -> None:
+        _coerce(self)
         _check_choice("optimizer", self.name, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         if self.lr <= 0:
@@ -75,6 +81,16 @@ class OptimizerConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.schedule == "cosine" and self.decay_steps <= 0:
             raise ValueError(f"the cosine schedule needs decay_steps > 0, got {self.decay_steps}")
+
+
+def _coerce(config: Any) -> None:
+    """Canonical field types, so equal settings are equal values: lists to tuples, ints to floats."""
+    for f in dataclasses.fields(config):
+        value, default = getattr(config, f.name), f.default
+        if isinstance(value, list):
+            object.__setattr__(config, f.name, tuple(value))
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(config, f.name, float(value))
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
@@ -132,6 +148,8 @@ class FinetuneConfig:
     steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.optimizer, OptimizerConfig):
+            raise ValueError(f"optimizer must be an OptimizerConfig, got {self.optimizer!r}")
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
         if self.epochs < 0:
@@ -148,11 +166,39 @@ class FinetuneConfig:
 
 _NESTEROV = OptimizerConfig("sgd", lr=1e-3, momentum=0.9, nesterov=True)
 
-PRESETS: dict[str, FinetuneConfig] = {
+PRESETS: Mapping[str, FinetuneConfig] = types.MappingProxyType({
     "thesis-cifar": FinetuneConfig(64, 30, OptimizerConfig("adam", lr=3e-4), patience=3),
     "thesis-imagenet": FinetuneConfig(256, 20, _NESTEROV, patience=3),
     "shrinkbench": FinetuneConfig(128, 30, _NESTEROV, patience=None),
-}
+})
+
+_OPTIMIZER_ALIAS = "optimizer"  # the override key naming the optimizer (``OptimizerConfig.name``)
+_FINETUNE_KEYS = tuple(f.name for f in dataclasses.fields(FinetuneConfig) if f.name != "optimizer")
+_OPTIMIZER_KEYS = tuple(f.name for f in dataclasses.fields(OptimizerConfig) if f.name != "name")
+OVERRIDE_KEYS: tuple[str, ...] = tuple(sorted((*_FINETUNE_KEYS, _OPTIMIZER_ALIAS, *_OPTIMIZER_KEYS)))
+"""The keys ``override`` takes: every field of ``FinetuneConfig`` and ``OptimizerConfig``."""
+
+
+def override(settings: FinetuneConfig, changes: Mapping[str, Any]) -> FinetuneConfig:
+    """``settings`` with flat changes applied: finetuning and optimizer fields, by name.
+
+    ``optimizer`` names the optimizer (``OptimizerConfig.name``); lists become tuples.
+
+    >>> override(preset("thesis-cifar"), {"optimizer": "sgd", "momentum": 0.9, "epochs": 2}).optimizer.name
+    'sgd'
+
+    Raises:
+        ValueError: an unknown key, or a value the dataclasses reject.
+    """
+    unknown = sorted(set(changes) - set(OVERRIDE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown finetune setting(s) {unknown}; expected some of {list(OVERRIDE_KEYS)}")
+    opt = {("name" if k == _OPTIMIZER_ALIAS else k): v for k, v in changes.items() if k not in _FINETUNE_KEYS}
+    rest = {k: v for k, v in changes.items() if k in _FINETUNE_KEYS}
+    try:
+        return settings.replace(optimizer=dataclasses.replace(settings.optimizer, **opt), **rest)
+    except TypeError as error:  # a value of the wrong type met a comparison
+        raise ValueError(f"bad finetune setting(s) {dict(changes)}: {error}") from None
 
 
 def preset(name: str) -> FinetuneConfig:
