@@ -9,6 +9,12 @@ has exactly the model's structure and shapes, and afterwards that the arrays has
 recorded at save time. Corrupt, truncated or mismatched checkpoints fail with one clear
 :class:`CheckpointError`, never a silent partial load.
 
+A checkpoint is named by its folder, or by a name :func:`locate` finds: ``checkpoints/NAME``
+under the working directory (where ``sbjax port`` writes), else one shipped inside the package
+(``sbjax/weights/``: the pretrained model of the embedded default sweep). An experiment knows
+its checkpoint by :func:`fingerprint`, the recorded digest of its arrays and its normalization,
+never by its name or path.
+
 >>> import jax, tempfile
 >>> from sbjax import checkpoints, models
 >>> _, variables = models.init("mlp", jax.random.key(0))
@@ -26,6 +32,7 @@ import json
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from typing import Any
 
 import jax
@@ -33,12 +40,14 @@ import numpy as np
 
 from sbjax import models
 
-__all__ = ["CheckpointError", "CheckpointInfo", "digest", "read_info", "restore", "save"]
+__all__ = ["CheckpointError", "CheckpointInfo", "digest", "fingerprint", "locate", "read_info", "restore", "save",
+           "shipped"]  # fmt: skip
 
 Variables = Any
 FORMAT = "sbjax-checkpoint/1"
 _VARIABLES, _INFO = "variables", "info"
 _FILES = "sbjax-files.json"  # sha256 of every file orbax wrote, checked before orbax reads any
+LOCAL = pathlib.Path("checkpoints")  # users' checkpoints, relative to the working directory
 
 
 class CheckpointError(ValueError):
@@ -178,6 +187,45 @@ def _read_record(path: pathlib.Path) -> dict[str, Any]:
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an sbjax checkpoint (format {record.get('format')!r}, expected {FORMAT!r})")
     return record
+
+
+def shipped() -> dict[str, pathlib.Path]:
+    """The checkpoints shipped inside the package (``sbjax/weights/``), by name."""
+    folder = pathlib.Path(str(resources.files("sbjax") / "weights"))
+    return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir()} if folder.is_dir() else {}
+
+
+def locate(name: str | os.PathLike) -> pathlib.Path:
+    """The checkpoint folder ``name``: a folder, else ``checkpoints/NAME`` here, else a shipped one.
+
+    ``checkpoints/NAME`` is relative to the working directory (``sbjax port``'s default output);
+    a shipped checkpoint (:func:`shipped`) is found wherever sbjax is installed.
+
+    Raises:
+        FileNotFoundError: none of these exists; the message lists the known names.
+    """
+    for candidate in (pathlib.Path(name).expanduser(), LOCAL / name):
+        if candidate.is_dir():
+            return candidate
+    if str(name) in shipped():
+        return shipped()[str(name)]
+    local = sorted(p.name for p in LOCAL.iterdir() if p.is_dir()) if LOCAL.is_dir() else []
+    raise FileNotFoundError(
+        f"no checkpoint {str(name)!r}: not a folder, nor one of {local} in {LOCAL.resolve()}, nor a shipped one "
+        f"({', '.join(shipped()) or 'none'}); `sbjax port NAME` converts pretrained weights into checkpoints/NAME"
+    )
+
+
+def fingerprint(directory: str | os.PathLike) -> str:
+    """What an experiment takes from a checkpoint, as a sha256: its arrays' recorded digest and its normalization.
+
+    Reads the record only (no arrays); :func:`restore` checks the arrays against that digest. A
+    copy or a move of the folder keeps the fingerprint; other arrays or another normalization
+    change it.
+    """
+    record = _read_record(pathlib.Path(directory).expanduser().resolve())
+    identity = {key: record.get(key) for key in ("digest", "mean", "std")}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def read_info(directory: str | os.PathLike) -> CheckpointInfo:

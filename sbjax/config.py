@@ -1,7 +1,12 @@
 """Experiment and sweep configurations: frozen dataclasses, shipped JSON files, ``key=value`` overrides.
 
-An experiment's identity is a hash of its full configuration: the same configuration always
-gets the same id (so a rerun finds and skips it), and any change gives a new one.
+An experiment's identity is a hash of what it runs: its resolved finetuning and optimizer
+settings (not the preset's name), its checkpoint's fingerprint (the digest of its arrays it
+records and its normalization, not its name), what identifies its data's contents (not the data
+folder's path), and the rest of its fields. The same experiment always gets the same id (so a
+rerun finds and skips it), any change to what runs gives a new one. The fingerprints are read
+from disk by ``sbjax.setups.resolve``, which fills ``ExperimentConfig.checkpoint_fingerprint``
+and ``data_fingerprint``.
 """
 
 from __future__ import annotations
@@ -9,17 +14,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "ExperimentConfig", "SweepConfig", "load_sweep", "parse_set", "shipped"]
+from sbjax import optim
+
+__all__ = ["SCORING", "ConfigError", "ExperimentConfig", "SweepConfig", "load_sweep", "parse_set", "shipped"]
 
 REFERENCE = "none"  # the strategy name of the unpruned reference (compression 1)
-FINETUNE_KEYS = ("batch_size", "epochs", "steps_per_epoch", "optimizer", "lr", "momentum", "nesterov",
-                 "weight_decay", "patience")  # fmt: skip
+SCORING = ("eval", "train")  # the mode of the model when gradient and activation scores are computed
+FINETUNE_KEYS = optim.OVERRIDE_KEYS  # the finetune settings a config may override
 
 
 class ConfigError(ValueError):
@@ -31,7 +39,20 @@ def _freeze(mapping: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> tuple[tup
     unknown = sorted(set(items) - set(FINETUNE_KEYS))
     if unknown:
         raise ConfigError(f"unknown finetune setting(s) {unknown}; expected some of {list(FINETUNE_KEYS)}")
-    return tuple(sorted(items.items()))
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items.items()))
+
+
+def finetune_settings(preset: str, finetune: Iterable[tuple[str, Any]]) -> optim.FinetuneConfig:
+    """The preset named ``preset`` with the ``(key, value)`` overrides applied."""
+    try:
+        return optim.override(optim.preset(preset), dict(finetune))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _check_scoring(scoring: str) -> None:
+    if scoring not in SCORING:
+        raise ConfigError(f"scoring must be one of {', '.join(map(repr, SCORING))}, got {scoring!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,16 +64,22 @@ class ExperimentConfig:
         model: model name (``sbjax.models.names()``).
         strategy: strategy name (``sbjax.strategies.REGISTRY``), or ``"none"`` for the reference.
         compression: target compression (1 for the reference).
-        seed: fixes the mask's randomness, the scoring batch and the finetuning order.
-        checkpoint: pretrained checkpoint folder (or a name under ``checkpoints/``); ``None``
+        seed: fixes the mask's randomness, the scoring batch and the finetuning order
+            (``sbjax.seeds.experiment_keys``).
+        checkpoint: pretrained checkpoint folder or name (``sbjax.checkpoints.locate``); ``None``
             initializes the model from the seed.
         data_dir: a local image folder or archive for the dataset.
         val_size: validation examples held out of train (count or fraction).
         test_size: evaluate on a fixed class-balanced subset of the test split of this size
             (``None``: the whole split); ``sbjax eval --subset`` evaluates the same subset.
         preset: finetuning preset (``sbjax.optim.PRESETS``).
-        finetune: overrides of the preset, as sorted ``(key, value)`` pairs.
+        finetune: overrides of the preset, as sorted ``(key, value)`` pairs (``sbjax.optim.OVERRIDE_KEYS``).
         score_batch: batch size for gradient/activation scores (``None``: the finetuning batch size).
+        scoring: ``"eval"`` or ``"train"``: the model's mode when gradient and activation
+            scores are computed.
+        checkpoint_fingerprint: resolved: the checkpoint's recorded array digest and normalization
+            (``sbjax.checkpoints.fingerprint``).
+        data_fingerprint: resolved: what identifies the data's contents (``sbjax.setups.data_fingerprint``).
     """
 
     dataset: str
@@ -67,31 +94,66 @@ class ExperimentConfig:
     preset: str = "thesis-cifar"
     finetune: tuple[tuple[str, Any], ...] = ()
     score_batch: int | None = None
+    scoring: str = "eval"
+    checkpoint_fingerprint: str | None = None
+    data_fingerprint: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "finetune", _freeze(self.finetune))
         object.__setattr__(self, "compression", float(self.compression))
         if self.test_size is not None and (not isinstance(self.test_size, int) or self.test_size < 1):
             raise ConfigError(f"test_size must be a positive count or null, got {self.test_size!r}")
-        if self.compression < 1:
-            raise ConfigError(f"compression must be >= 1, got {self.compression:g}")
+        if not math.isfinite(self.compression) or self.compression < 1:
+            raise ConfigError(f"compression must be a finite number >= 1, got {self.compression:g}")
         if (self.strategy == REFERENCE) != (self.compression == 1):
             raise ConfigError(f"strategy {self.strategy!r} with compression {self.compression:g}: only the "
                               f"reference ('{REFERENCE}') has compression 1")
+        _check_scoring(self.scoring)
+        self.settings  # noqa: B018 - an unknown preset or a bad override fails here
+
+    @property
+    def settings(self) -> optim.FinetuneConfig:
+        """The finetuning settings: the preset with the overrides applied."""
+        return finetune_settings(self.preset, self.finetune)
+
+    def identity(self) -> dict[str, Any]:
+        """What the id hashes: every field a result depends on, resolved.
+
+        The preset's name and the overrides enter as the settings they resolve to, the
+        checkpoint and the data as their fingerprints; names and paths do not.
+
+        Raises:
+            ConfigError: the checkpoint or the data source is not resolved yet.
+        """
+        if self.checkpoint is not None and self.checkpoint_fingerprint is None:
+            raise ConfigError(f"checkpoint {self.checkpoint!r} is not resolved to its fingerprint; "
+                              "resolve the config first (sbjax.setups.resolve)")  # fmt: skip
+        if self.data_fingerprint is None:
+            raise ConfigError(f"the data source of {self.dataset!r} is not resolved; resolve the config first "
+                              "(sbjax.setups.resolve)")  # fmt: skip
+        settings = self.settings
+        fields = dict(
+            dataset=self.dataset, data=self.data_fingerprint, model=self.model, checkpoint=self.checkpoint_fingerprint,
+            strategy=self.strategy, compression=self.compression, seed=self.seed, val_size=self.val_size,
+            test_size=self.test_size, score_batch=self.score_batch or settings.batch_size, scoring=self.scoring,
+            finetune=dataclasses.asdict(settings),
+        )  # fmt: skip
+        return {k: v for k, v in fields.items() if v is not None}
 
     @property
     def id(self) -> str:
-        """A stable hash of the full configuration (16 hex digits).
+        """A hash of ``identity()`` (16 hex digits).
 
         Unset (``None``) fields are left out, so adding an optional field later keeps the ids of
         existing results.
         """
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-        text = json.dumps(fields, sort_keys=True, default=list)
+        text = json.dumps(self.identity(), sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"finetune": dict(self.finetune)}
+        """The fields, with the overrides as a mapping and the resolved settings."""
+        settings = dataclasses.asdict(self.settings)
+        return dataclasses.asdict(self) | {"finetune": dict(self.finetune), "settings": settings}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,8 +161,9 @@ class SweepConfig:
     """A grid: strategies x compressions x seeds (x models x datasets).
 
     Compression 1 is the unpruned reference, run once per (dataset, model, seed) and shared by
-    every strategy's curve. ``checkpoints`` maps a model name to its checkpoint.
-    ``models_per_job`` finetunes up to that many experiments of one model together
+    every strategy's curve. ``checkpoints`` maps a model name to its checkpoint; ``scoring``
+    and the finetuning settings are those of ``ExperimentConfig``. ``models_per_job``
+    finetunes up to that many experiments of one model together
     (``sbjax.finetune_many``); it changes neither the results nor the experiment ids.
     """
 
@@ -116,6 +179,7 @@ class SweepConfig:
     preset: str = "thesis-cifar"
     finetune: tuple[tuple[str, Any], ...] = ()
     score_batch: int | None = None
+    scoring: str = "eval"
     name: str = "sweep"
     models_per_job: int = 1
 
@@ -132,12 +196,14 @@ class SweepConfig:
         object.__setattr__(self, "finetune", _freeze(self.finetune))
         if isinstance(self.models_per_job, bool) or not isinstance(self.models_per_job, int) or self.models_per_job < 1:
             raise ConfigError(f"models_per_job must be a positive count, got {self.models_per_job!r}")
+        _check_scoring(self.scoring)
+        finetune_settings(self.preset, self.finetune)  # an unknown preset or a bad override fails here
 
     def experiments(self) -> list[ExperimentConfig]:
-        """Every experiment of the grid, references first, in a stable order."""
+        """Every experiment of the grid, references first, in a stable order (not resolved yet)."""
         checkpoints = dict(self.checkpoints)
         common = dict(data_dir=self.data_dir, val_size=self.val_size, test_size=self.test_size, preset=self.preset,
-                      finetune=self.finetune, score_batch=self.score_batch)  # fmt: skip
+                      finetune=self.finetune, score_batch=self.score_batch, scoring=self.scoring)  # fmt: skip
         out = []
         for dataset in self.datasets:
             for model in self.models:

@@ -16,6 +16,7 @@ from sbjax.data.arrays import ImageData
 from sbjax.data.batches import eval_batches, to_device
 
 EvalStep = Callable[..., Mapping[str, jax.Array]]
+Transform = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def evaluate(
@@ -28,6 +29,7 @@ def evaluate(
     augmentation: str = "none",
     image_size: int = 224,
     batch_size: int = 500,
+    transform: Transform | None = None,
 ) -> dict[str, float]:
     """Evaluates a model on every example of ``data``.
 
@@ -41,11 +43,15 @@ def evaluate(
         augmentation: The dataset's augmentation kind; its evaluation transform is used.
         image_size: Model input side for ``"imagenet"`` evaluation crops.
         batch_size: Examples per forward pass.
+        transform: The evaluation transform ``(key, uint8 images) -> inputs``, if the caller
+            holds one (a setup's, built once); then ``augmentation``, ``mean``, ``std`` and
+            ``image_size`` are not used.
 
     Returns:
         ``{"top1", "top5", "loss", "count"}``: accuracies in [0, 1] and mean cross-entropy, over N.
     """
-    transform = make_transform(augmentation, mean, std, train=False, image_size=image_size)
+    if transform is None:
+        transform = make_transform(augmentation, mean, std, train=False, image_size=image_size)
     images, labels = to_device(data.images, data.labels)
     totals = {"loss": 0.0, "top1": 0, "top5": 0, "count": 0}
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
@@ -117,7 +123,7 @@ def _check_fits(model: object, variables: Mapping[str, object], data: ImageData,
 def evaluate_checkpoint(model_name: str, checkpoint: str, dataset: str, **kwargs: object) -> dict[str, object]:
     """Restores a checkpoint of ``model_name`` and evaluates it (see :func:`evaluate_model`).
 
-    ``checkpoint`` is a folder, or the name of one under the repository's ``checkpoints/``.
+    ``checkpoint`` is a folder or a name (see :func:`sbjax.checkpoints.locate`).
 
     The checkpoint's recorded normalization (the one its weights were trained with) wins over
     the dataset's default; the result records the checkpoint's path.
@@ -125,9 +131,9 @@ def evaluate_checkpoint(model_name: str, checkpoint: str, dataset: str, **kwargs
     Raises:
         ValueError: Unknown dataset, or a checkpoint that is missing, corrupt or of another model.
     """
-    from sbjax import checkpoints, data, experiment
+    from sbjax import checkpoints, data
 
     data.get_spec(dataset, local=kwargs.get("data_dir") is not None)  # fail fast on a bad name
-    variables, info = checkpoints.restore(experiment.checkpoint_dir(checkpoint), model=model_name)
+    variables, info = checkpoints.restore(checkpoints.locate(checkpoint), model=model_name)
     result = evaluate_model(model_name, variables, dataset, normalization=info.normalization, **kwargs)
     return {**result, "checkpoint": str(checkpoint)}

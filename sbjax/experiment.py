@@ -1,22 +1,22 @@
 """One experiment and a sweep, composed from small steps.
 
-An experiment: load the data and the pretrained model, compute the mask (gradient and activation
-strategies score one seeded training batch), measure accuracy and efficiency before finetuning,
-finetune with the mask held, measure again, write one result row. Everything random is derived
-from the experiment's seed: the random mask, the scoring batch, the finetuning order and
-augmentation.
+An experiment: load the data and the pretrained model (``sbjax.setups``), compute the mask
+(gradient and activation strategies score one seeded training batch), measure accuracy and
+efficiency before finetuning, finetune with the mask held, measure again, write one result row.
+Everything random is derived from the experiment's seed (``sbjax.seeds.experiment_keys``): the
+random mask, the scoring batch, the finetuning order and augmentation.
 
 A sweep runs the experiments of a grid that are not finished yet, sharing the loaded data and
 model between experiments of the same (dataset, model, checkpoint), and writes each result as
-soon as it exists: killing a sweep loses at most the experiment in progress. With
-``models_per_job`` K > 1, up to K experiments of one setup are finetuned together as one job
-(``sbjax.finetune_many``), with the rows of one-by-one runs.
+soon as it exists: killing a sweep loses at most the experiment in progress. Its experiments are
+resolved first (``sbjax.setups.resolve_all``): their ids hash their checkpoints' and data's
+fingerprints. With ``models_per_job`` K > 1, up to K experiments of one setup are finetuned
+together as one job (``sbjax.finetune_many``), with the rows of one-by-one runs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import shutil
@@ -30,96 +30,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sbjax import checkpoints
 from sbjax import compression as compression_lib
 from sbjax import data as data_lib
 from sbjax import masks as masks_lib
 from sbjax import metrics as metrics_lib
-from sbjax import models, scoring, strategies, train
+from sbjax import models, scoring, strategies
 from sbjax.config import REFERENCE, ExperimentConfig, SweepConfig
-from sbjax.optim import FinetuneConfig, OptimizerConfig, preset
+from sbjax.evaluate import evaluate
+from sbjax.finetune import finetune
+from sbjax.finetune_many import finetune_many
+from sbjax.optim import FinetuneConfig
+from sbjax.results import Store
+from sbjax.seeds import experiment_keys
+from sbjax.setups import Setup, prepare, resolve, resolve_all, setup_key
 
-__all__ = ["Setup", "checkpoint_dir", "finetune_config", "make_mask", "prepare", "run_experiment", "run_experiments",
-           "run_sweep"]
+__all__ = ["Setup", "checkpoint_dir", "finetune_config", "make_mask", "prepare", "resolve", "run_experiment",
+           "run_experiments", "run_sweep"]
 
 Mask = Any
 Variables = dict[str, Any]
-CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Setup:
-    """What the experiments of one (dataset, model, checkpoint) share."""
-
-    model: Any
-    variables: Variables
-    train: data_lib.ImageData
-    val: data_lib.ImageData
-    test: data_lib.ImageData
-    spec: data_lib.DatasetSpec
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    input_shape: tuple[int, ...]
-
-    def transform(self, train: bool):
-        """The (cached) training or evaluation transform: one function, so batch steps compile once."""
-        return self._transforms[train]
-
-    @functools.cached_property
-    def _transforms(self):
-        make = functools.partial(data_lib.make_transform, self.spec.augmentation, self.mean, self.std)
-        return {train: make(train, self.spec.image_size) for train in (False, True)}
-
-    @functools.cached_property
-    def eval_step(self):
-        return train.make_eval_step(train.make_predict_fn(self.model))
-
-
-def checkpoint_dir(name: str) -> Path:
-    """A checkpoint folder: a path, or a name under the repository's ``checkpoints/``."""
-    for candidate in (Path(name).expanduser(), CHECKPOINTS / name):
-        if candidate.is_dir():
-            return candidate
-    known = sorted(p.name for p in CHECKPOINTS.iterdir() if p.is_dir()) if CHECKPOINTS.is_dir() else []
-    from sbjax import pretrained
-
-    hint = f"; convert it first with `sbjax port {name}`" if name in pretrained.manifest() else ""
-    raise FileNotFoundError(f"no checkpoint {name!r}: not a folder, nor one of {known} in {CHECKPOINTS}{hint}")
-
-
-def prepare(config: ExperimentConfig, *, verbose: bool = True) -> Setup:
-    """Loads the splits and the (pretrained or seeded) model of ``config``."""
-    from sbjax import checkpoints
-
-    load = functools.partial(data_lib.load, config.dataset, data_dir=config.data_dir, val_size=config.val_size, verbose=verbose)
-    splits = {split: load(split) for split in ("train", "validation", "test")}
-    splits["test"] = data_lib.stratified_subset(splits["test"], config.test_size)
-    spec = data_lib.get_spec(config.dataset, local=config.data_dir is not None)
-    shape = (spec.image_size, spec.image_size, splits["train"].images.shape[-1])
-    normalization = None
-    if config.checkpoint:
-        variables, info = checkpoints.restore(checkpoint_dir(config.checkpoint), model=config.model,
-                                              num_classes=splits["train"].num_classes)  # fmt: skip
-        normalization = info.normalization
-        model = models.create(config.model, info.num_classes)
-    else:
-        model, variables = models.init(config.model, jax.random.key(config.seed), splits["train"].num_classes, shape)
-    mean, std = data_lib.resolve_normalization((splits["train"].mean, splits["train"].std), normalization)
-    return Setup(model, variables, splits["train"], splits["validation"], splits["test"], spec, mean, std, shape)
+checkpoint_dir = checkpoints.locate  # the former name of checkpoint name resolution
 
 
 def finetune_config(config: ExperimentConfig) -> FinetuneConfig:
-    """The preset of ``config`` with its overrides applied."""
-    base = preset(config.preset)
-    changes = dict(config.finetune)
-    optimizer_keys = {f.name for f in dataclasses.fields(OptimizerConfig)} | {"optimizer"}
-    opt = {("name" if k == "optimizer" else k): v for k, v in changes.items() if k in optimizer_keys}
-    rest = {k: v for k, v in changes.items() if k not in optimizer_keys}
-    return base.replace(optimizer=dataclasses.replace(base.optimizer, **opt), **rest)
-
-
-def _keys(seed: int) -> dict[str, jax.Array]:
-    root = jax.random.key(seed)
-    return {name: jax.random.fold_in(root, i) for i, name in enumerate(("mask", "score", "finetune"))}
+    """The preset of ``config`` with its overrides applied (``config.settings``)."""
+    return config.settings
 
 
 def _scoring_batch(setup: Setup, key: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
@@ -142,7 +78,7 @@ def make_mask(setup: Setup, config: ExperimentConfig) -> Mask:
         return masks_lib.ones_like(params)
     strategy = _jitted(config.strategy)
     fraction = jnp.float32(compression_lib.fraction_for(config.compression, params))
-    keys = _keys(config.seed)
+    keys = experiment_keys(config.seed)
     grads = activations = None
     if config.strategy in strategies.NEEDS_GRADS | strategies.NEEDS_ACTIVATIONS:
         size = config.score_batch or finetune_config(config).batch_size
@@ -161,22 +97,19 @@ def efficiency(setup: Setup, mask: Mask) -> dict[str, float]:
 
 
 def accuracy(setup: Setup, variables: Variables, data: data_lib.ImageData) -> dict[str, float]:
-    """top-1, top-5 and mean loss over every example of ``data``."""
-    from sbjax.evaluate import evaluate
-
+    """top-1, top-5 and mean loss over every example of ``data``, with the setup's step and transform."""
     scores = evaluate(setup.eval_step, variables, data, mean=setup.mean, std=setup.std,
-                      augmentation=setup.spec.augmentation, image_size=setup.spec.image_size)  # fmt: skip
+                      transform=setup.transform(train=False))  # fmt: skip
     return {k: scores[k] for k in ("top1", "top5", "loss")}
 
 
 def _finetune(setup: Setup, config: ExperimentConfig, variables: Variables, mask: Mask, folder: Path | None):
     """Finetunes with the mask held; returns ``(selected variables, per-epoch log, epochs run)``."""
-    settings = finetune_config(config)
+    settings = config.settings
     if settings.epochs == 0:
         return variables, [], 0
-    from sbjax.finetune import finetune
-
-    result = finetune(setup.model, variables, mask, setup.train, setup.val, settings, _keys(config.seed)["finetune"],
+    key = experiment_keys(config.seed)["finetune"]
+    result = finetune(setup.model, variables, mask, setup.train, setup.val, settings, key,
                       transform_train=setup.transform(True), transform_eval=setup.transform(False),
                       checkpoint_dir=None if folder is None else folder / "finetune")  # fmt: skip
     return result.variables, result.history, result.epochs
@@ -185,13 +118,11 @@ def _finetune(setup: Setup, config: ExperimentConfig, variables: Variables, mask
 def _finetune_many(setup: Setup, configs: Sequence[ExperimentConfig], variables: Sequence[Variables],
                    masks: Sequence[Mask], folder: Path | None) -> list[tuple]:  # fmt: skip
     """``_finetune`` of experiments sharing a finetuning setup, as one many-models job."""
-    settings = finetune_config(configs[0])
+    settings = configs[0].settings
     if settings.epochs == 0:
         return [(v, [], 0) for v in variables]
-    from sbjax.finetune_many import finetune_many
-
     results = finetune_many(setup.model, variables, masks, setup.train, setup.val, settings,
-                            [_keys(config.seed)["finetune"] for config in configs],
+                            [experiment_keys(config.seed)["finetune"] for config in configs],
                             transform_train=setup.transform(True), transform_eval=setup.transform(False),
                             checkpoint_dir=folder)  # fmt: skip
     return [(r.variables, r.history, r.epochs) for r in results]
@@ -223,6 +154,7 @@ def _row(setup: Setup, config: ExperimentConfig, mask: Mask, before: dict[str, f
 def run_experiment(setup: Setup, config: ExperimentConfig, folder: Path | None = None) -> dict[str, Any]:
     """Runs one experiment on a prepared setup and returns its result row."""
     start = time.perf_counter()
+    config = resolve(config)
     mask, pruned, before = _prune(setup, config)
     return _row(setup, config, mask, before, _finetune(setup, config, pruned, mask, folder), start)
 
@@ -233,6 +165,7 @@ def run_experiments(setup: Setup, configs: Sequence[ExperimentConfig], folder: P
     The rows equal ``run_experiment``'s (timings aside); each ``wall_time`` is the experiment's
     own pruning and evaluation time plus its share of the job's finetuning.
     """
+    configs = resolve_all(configs)
     spent, masks, pruned, before = [], [], [], []
     for config in configs:
         start = time.perf_counter()
@@ -249,14 +182,9 @@ def run_experiments(setup: Setup, configs: Sequence[ExperimentConfig], folder: P
 def _check_reachable(setup: Setup, config: ExperimentConfig, compressions) -> None:
     """Fails before the first experiment of a model if any compression of the sweep is out of reach."""
     try:
-        compression_lib.fraction_for(max(compressions), setup.variables["params"])
+        compression_lib.fraction_for(max(compressions), setup.variables["params"], setup.selection)
     except compression_lib.CompressionError as error:
         raise compression_lib.CompressionError(f"{config.model}: {error}") from None
-
-
-def _setup_key(config: ExperimentConfig) -> tuple:
-    return (config.dataset, config.model, config.checkpoint, config.data_dir, config.val_size, config.test_size,
-            None if config.checkpoint else config.seed)  # fmt: skip
 
 
 def validate(sweep: SweepConfig) -> None:
@@ -268,8 +196,6 @@ def validate(sweep: SweepConfig) -> None:
         models.spec(name)
     for name in sweep.datasets:
         data_lib.get_spec(name, local=sweep.data_dir is not None)
-    preset(sweep.preset)
-    finetune_config(sweep.experiments()[0])
 
 
 def _chunks(experiments: Sequence[ExperimentConfig], size: int) -> list[list[ExperimentConfig]]:
@@ -280,7 +206,7 @@ def _chunks(experiments: Sequence[ExperimentConfig], size: int) -> list[list[Exp
     """
     groups: dict[tuple, list[ExperimentConfig]] = {}
     for config in experiments:
-        groups.setdefault((_setup_key(config), config.preset, config.finetune), []).append(config)
+        groups.setdefault((setup_key(config), config.settings), []).append(config)
     return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
@@ -296,12 +222,10 @@ def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, log: Callable[[str
     experiments that share a model and a finetuning setup are finetuned together
     (``sbjax.finetune_many``), with rows equal to those of one-by-one runs.
     """
-    from sbjax.results import Store
-
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     validate(sweep)
     store = Store(results_dir)
-    experiments = sweep.experiments()
+    experiments = resolve_all(sweep.experiments())
     labels = {config.id: _label(config, i, len(experiments)) for i, config in enumerate(experiments, 1)}
     setups: dict[tuple, Setup] = {}
     for chunk in _chunks([c for c in experiments if not store.is_done(c.id)], sweep.models_per_job):
@@ -321,7 +245,7 @@ def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, log: Callable[[str
 
 def _setup(setups: dict[tuple, Setup], config: ExperimentConfig, sweep: SweepConfig) -> Setup:
     """The setup of ``config``, prepared unless it is the one in ``setups`` (one in memory at a time)."""
-    key = _setup_key(config)
+    key = setup_key(config)
     if key not in setups:
         setups.clear()
         setups[key] = prepare(config)

@@ -13,7 +13,10 @@ import jax
 
 from sbjax import checkpoints, masks
 from sbjax.config import ExperimentConfig
-from sbjax.experiment import _keys, accuracy, finetune_config, prepare
+from sbjax.experiment import accuracy
+from sbjax.finetune import finetune
+from sbjax.seeds import experiment_keys
+from sbjax.setups import prepare
 
 __all__ = ["pretrain"]
 
@@ -30,13 +33,11 @@ def pretrain(config: ExperimentConfig, out: str | Path, *, command: str, overwri
     Returns:
         ``(path, test accuracy)``.
     """
-    from sbjax.finetune import finetune
-
     if config.checkpoint:
         raise ValueError("pretraining starts from the initialization; do not give a checkpoint")
     setup = prepare(config)
     result = finetune(setup.model, setup.variables, masks.ones_like(setup.variables["params"]), setup.train, setup.val,
-                      finetune_config(config), _keys(config.seed)["finetune"],
+                      config.settings, experiment_keys(config.seed)["finetune"],
                       transform_train=setup.transform(True), transform_eval=setup.transform(False))  # fmt: skip
     test = accuracy(setup, result.variables, setup.test)
     info = checkpoints.CheckpointInfo(

@@ -72,14 +72,17 @@ def test_errors_are_one_line_with_status_2(capsys, argv, message):
 def test_checkpoint_weights_are_the_ones_pruned(capsys, tmp_path):
     import jax
 
-    from sbjax import checkpoints, compression, metrics, models, strategies
+    from sbjax import Selection, checkpoints, compression, metrics, models, scoring, strategies
 
     model, variables = models.init("mnistnet", jax.random.key(5), num_classes=7)
     path = checkpoints.save(tmp_path / "mnist7", variables, checkpoints.CheckpointInfo("mnistnet", 7))
     d = _json(capsys, "--model", "mnistnet", "--checkpoint", str(path), "--strategy", "global_magnitude",
               "--compression", "8")  # fmt: skip
     params = variables["params"]
-    mask = strategies.global_magnitude(params, None, compression.fraction_for(8.0, params))
+    x = jax.ShapeDtypeStruct((1, 28, 28, 1), "float32")
+    selection = Selection.from_model(scoring.make_apply_fn(model, variables), params, x)
+    fraction = compression.fraction_for(8.0, params, selection)
+    mask = strategies.global_magnitude(params, None, fraction, selection=selection)
     expected = metrics.compute_module(model, variables, mask, (28, 28, 1), train=False)
     assert d["num_classes"] == 7 and d["checkpoint"] == str(path)
     assert (d["params_nonzero"], d["macs_nonzero"], d["speedup"]) == (
