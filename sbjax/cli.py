@@ -1,7 +1,9 @@
 """The ``sbjax`` command. The only module that parses flags.
 
 Each subcommand is a pair of functions: ``_add_<name>(subparsers)`` declares its flags and
-``_cmd_<name>(args)`` runs it and returns the exit status. Errors the user can fix (bad names,
+``_cmd_<name>(args)`` runs it and returns the exit status. The installed ``sbjax`` command is
+:func:`entry`: on CPU it first re-executes itself once with the process settings of
+``sbjax.cpu_settings``; :func:`main` runs a command line in this process as is. Errors the user can fix (bad names,
 bad values, missing files) are raised as ``UserError`` or ``ValueError`` and printed as one line
 on stderr with exit status 2, never as a traceback.
 """
@@ -12,6 +14,8 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+
+from sbjax import cpu_settings
 
 
 class UserError(Exception):
@@ -78,7 +82,7 @@ def _add_metrics(subparsers) -> None:
     p.add_argument("--input-shape", help="H,W,C of one example, e.g. 224,224,3 (default: the model's)")
     p.add_argument(
         "--checkpoint",
-        help="checkpoint folder or name under checkpoints/ (from `sbjax port` or training): its weights are "
+        help="checkpoint folder or name (checkpoints/NAME here, or shipped): its weights are "
         "pruned by --strategy, its classes and input shape are the defaults",
     )
     p.add_argument("--strategy", help="prune with this strategy first (see `sbjax strategies`); needs --compression")
@@ -101,59 +105,45 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _strategy_mask(args, model, variables, shape, num_classes):
-    """The mask of ``--strategy`` at ``--compression``; gradient/activation scores use a random batch."""
-    import jax
+def _pruned_setup(args: argparse.Namespace, *, dataset: str | None = None, data_dir: str | None = None,
+                  num_classes: int | None = None, shape: tuple[int, ...] | None = None):  # fmt: skip
+    """The setup and mask of ``--strategy`` at ``--compression``, as a sweep's experiment computes them.
 
-    from sbjax import compression, scoring, strategies
+    Without a dataset the setup has no data: gradient and activation scores use a seeded noise
+    batch (``sbjax.setups.NO_DATA``); ``num_classes`` and ``shape`` then size the model.
+    """
+    from sbjax import experiment, setups
+    from sbjax.config import ExperimentConfig
 
-    strategy = strategies.get(args.strategy)
-    params = variables["params"]
-    fraction = compression.fraction_for(args.compression, params)
-    key = jax.random.fold_in(jax.random.key(args.seed), 1)
-    grads = activations = None
-    if args.strategy in strategies.NEEDS_GRADS | strategies.NEEDS_ACTIVATIONS:
-        kx, ky = jax.random.split(jax.random.fold_in(key, 2))
-        x = jax.random.normal(kx, (_SCORING_BATCH, *shape))
-        y = jax.random.randint(ky, (_SCORING_BATCH,), 0, num_classes)
-        rest = {k: v for k, v in variables.items() if k != "params"}
-        apply_fn = lambda p, x: model.apply({**rest, "params": p}, x, train=False)  # noqa: E731
-        grads, activations = jax.jit(lambda p, x, y: scoring.scoring_inputs(apply_fn, p, x, y))(params, x, y)
-    prune = jax.jit(lambda p, g, f, k, a: strategy(p, g, f, key=k, activations=a))
-    return prune(params, grads, fraction, key, activations)
+    config = ExperimentConfig(dataset or setups.NO_DATA, args.model, args.strategy, args.compression, args.seed,
+                              checkpoint=args.checkpoint, data_dir=data_dir)  # fmt: skip
+    setup = experiment.prepare(config, num_classes=num_classes, input_shape=shape)
+    return setup, experiment.make_mask(setup, config)
 
 
-_SCORING_BATCH = 16
+def _unpruned(args: argparse.Namespace):
+    """The model, its variables, one example's shape and the number of classes, for counting only.
 
-
-def _model_and_variables(args: argparse.Namespace, weights: bool):
-    """The model, its variables, one example's shape and the number of classes.
-
-    ``--checkpoint`` is restored (its classes and input shape are the defaults); otherwise the
-    model is initialized from ``--seed``, or, when ``weights`` is false, zeros of the right
-    shapes are enough (counting needs shapes only).
+    ``--checkpoint`` is restored (its classes and input shape are the defaults); otherwise zeros
+    of the right shapes are enough (counting needs shapes only).
     """
     import jax
     import jax.numpy as jnp
 
-    from sbjax import checkpoints, experiment, models
+    from sbjax import checkpoints, models
 
-    shape = _parse_shape(args.input_shape) if getattr(args, "input_shape", None) else None
-    num_classes, variables = getattr(args, "num_classes", None), None
+    shape = _parse_shape(args.input_shape) if args.input_shape else None
+    num_classes, variables = args.num_classes, None
     if args.checkpoint:
-        directory = experiment.checkpoint_dir(args.checkpoint)
-        variables, info = checkpoints.restore(directory, model=args.model, num_classes=num_classes)
+        variables, info = checkpoints.restore(checkpoints.locate(args.checkpoint), model=args.model,
+                                              num_classes=num_classes)  # fmt: skip
         num_classes, shape = info.num_classes, shape or info.input_shape
     shape = tuple(shape or models.input_shape(args.model))
     num_classes = num_classes or models.num_classes(args.model)
-    model = models.create(args.model, num_classes)
-    if variables is None and not weights:
+    if variables is None:
         abstract = models.abstract_variables(args.model, num_classes, shape)
         variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract)
-    elif variables is None:
-        x = jnp.zeros((1, *shape), jnp.float32)
-        variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(args.seed))
-    return model, variables, shape, num_classes
+    return models.create(args.model, num_classes), variables, shape, num_classes
 
 
 def _cmd_metrics(args: argparse.Namespace) -> int:
@@ -163,10 +153,15 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
     if (args.strategy is None) != (args.compression is None):
         raise UserError("--strategy and --compression go together: give both or neither")
-    if args.strategy is not None:
+    if args.strategy is None:
+        model, variables, shape, num_classes = _unpruned(args)
+        mask = None
+    else:
         strategies.get(args.strategy)  # an unknown name fails before any work
-    model, variables, shape, num_classes = _model_and_variables(args, weights=args.strategy is not None)
-    mask = None if args.strategy is None else _strategy_mask(args, model, variables, shape, num_classes)
+        shape = _parse_shape(args.input_shape) if args.input_shape else None
+        setup, mask = _pruned_setup(args, num_classes=args.num_classes, shape=shape)
+        model, variables, shape = setup.model, setup.variables, setup.input_shape
+        num_classes = setup.train.num_classes
     result = metrics.compute_module(model, variables, mask, shape, train=False)
     if args.json:
         header = {
@@ -267,7 +262,8 @@ def _cmd_configs(args: argparse.Namespace) -> int:
 def _add_eval(subparsers) -> None:
     p = subparsers.add_parser("eval", help="top-1, top-5 and loss of a checkpoint over a whole dataset split")
     p.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a name under checkpoints/ (from `sbjax port`)")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint folder, or a name: checkpoints/NAME here (from `sbjax port`) or a shipped one")
     p.add_argument("--dataset", required=True, help="dataset name, e.g. cifar10 or mnist5k (embedded, offline)")
     p.add_argument("--data-dir", help="local image folder split/class/*.jpg|png, or a tar/tar.gz archive of one")
     p.add_argument("--tfds-data-dir", help="tensorflow-datasets data directory (default: $TFDS_DATA_DIR)")
@@ -303,7 +299,8 @@ def _add_prune(subparsers) -> None:
         "prune", help="prune one model with one strategy at one compression; print its metrics (and accuracy)"
     )
     p.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
-    p.add_argument("--checkpoint", help="checkpoint folder or name under checkpoints/ (default: init from --seed)")
+    p.add_argument("--checkpoint",
+                   help="checkpoint folder or name (checkpoints/NAME here, or shipped; default: init from --seed)")
     p.add_argument("--strategy", required=True, help="pruning strategy (see `sbjax strategies`)")
     p.add_argument("--compression", required=True, type=float, help="target compression N_total / N_nonzero")
     p.add_argument("--dataset", help="score and evaluate on this dataset (test split); default: no data, "
@@ -318,22 +315,15 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     import json
 
     from sbjax import experiment, masks, metrics, strategies
-    from sbjax.config import ExperimentConfig
 
     strategies.get(args.strategy)  # an unknown name fails before any work
+    setup, mask = _pruned_setup(args, dataset=args.dataset, data_dir=args.data_dir)
+    model, variables, shape = setup.model, setup.variables, setup.input_shape
     accuracy = {}
     if args.dataset:
-        config = ExperimentConfig(args.dataset, args.model, args.strategy, args.compression, args.seed,
-                                  checkpoint=args.checkpoint, data_dir=args.data_dir)  # fmt: skip
-        setup = experiment.prepare(config)
-        model, variables, shape = setup.model, setup.variables, setup.input_shape
-        mask = experiment.make_mask(setup, config)
         pruned = {**variables, "params": masks.apply_mask(variables["params"], mask)}
         accuracy = {"unpruned": experiment.accuracy(setup, variables, setup.test),
                     "pruned": experiment.accuracy(setup, pruned, setup.test)}  # fmt: skip
-    else:
-        model, variables, shape, num_classes = _model_and_variables(args, weights=True)
-        mask = _strategy_mask(args, model, variables, shape, num_classes)
     result = metrics.compute_module(model, variables, mask, shape, train=False)
     if args.json:
         header = {"model": args.model, "checkpoint": args.checkpoint, "dataset": args.dataset,
@@ -380,6 +370,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_info(subparsers) -> None:
+    p = subparsers.add_parser("info", help="versions, JAX devices and the process settings sbjax runs with")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_info)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    import jax
+
+    from sbjax import __version__
+
+    settings = {name: os.environ.get(name) for name in ("JAX_PLATFORMS", "GLIBC_TUNABLES", "XLA_FLAGS",
+                                                        cpu_settings.MARKER)}  # fmt: skip
+    info = {"sbjax": __version__, "jax": jax.__version__, "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()], "environment": settings}  # fmt: skip
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"sbjax {info['sbjax']}, jax {info['jax']}, backend {info['backend']}: {', '.join(info['devices'])}")
+    for name, value in settings.items():
+        print(f"  {name}={value if value is not None else '(unset)'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sbjax import __version__
 
@@ -398,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_metrics(subparsers)
     _add_port(subparsers)
     _add_eval(subparsers)
+    _add_info(subparsers)
     return parser
 
 
@@ -420,5 +437,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The ``sbjax`` command: on CPU, first re-executes with the tuned settings (``sbjax.cpu_settings``)."""
+    cpu_settings.apply()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
