@@ -1,5 +1,6 @@
 """The model registry and every model's parameter count against PyTorch's."""
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -127,3 +128,36 @@ def test_two_models_in_one_process_use_their_own_convolution():
 def test_bad_convolution_is_rejected():
     with pytest.raises(ValueError, match="conv_general_dilated must be a function"):
         models.create("resnet20", conv_general_dilated="fast")
+
+
+def _kernel_modules_in_call_order(name):
+    """Paths of the modules with a ``kernel`` param, in the order the forward pass calls them."""
+    order = []
+
+    def record(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name == "__call__" and "kernel" in module.variables.get("params", {}):
+            order.append("/".join(module.path))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        _eval_shape(models.create(name), name)
+    return order
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_classifier_is_the_last_dense_layer_called(name):
+    path = models.classifier(name)
+    assert path == models.spec(name).classifier
+    node = models.abstract_variables(name)["params"]
+    for key in path.split("/"):
+        node = node[key]
+    assert node["kernel"].ndim == 2
+    assert node["kernel"].shape[1] == models.num_classes(name)
+    order = _kernel_modules_in_call_order(name)
+    assert order[-1] == path and order.count(path) == 1
+
+
+def test_classifier_of_an_unknown_model_is_rejected():
+    with pytest.raises(ValueError, match="unknown model 'resnet19'"):
+        models.classifier("resnet19")

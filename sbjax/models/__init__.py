@@ -7,8 +7,8 @@ and returns logits; its variables are ``{"params": ..., "batch_stats": ...}`` (n
 
 >>> from sbjax import models
 >>> model = models.create("resnet20")
->>> models.input_shape("resnet20"), models.num_classes("resnet20")
-((32, 32, 3), 10)
+>>> models.input_shape("resnet20"), models.num_classes("resnet20"), models.classifier("resnet20")
+((32, 32, 3), 10, 'linear')
 
 Every model has a ``conv_general_dilated`` field, the convolution all its layers use (default
 ``sbjax.fastconv.conv_general_dilated``, bitwise ``jax.lax.conv_general_dilated`` and faster to
@@ -39,6 +39,7 @@ __all__ = [
     "ModelSpec",
     "REGISTRY",
     "abstract_variables",
+    "classifier",
     "create",
     "init",
     "input_shape",
@@ -59,12 +60,15 @@ class ModelSpec:
         num_classes: default number of classes.
         input_shape: default input ``(height, width, channels)`` of one example.
         description: one line for listings.
+        classifier: the params path (module names joined by ``/``) of the final dense layer, the
+            weight layer nearest the output.
     """
 
     build: Callable[..., nn.Module]
     num_classes: int
     input_shape: tuple[int, int, int]
     description: str
+    classifier: str
 
 
 _CIFAR = (32, 32, 3)
@@ -74,24 +78,24 @@ _IMAGENET = (224, 224, 3)
 
 def _cifar_resnet(depth: int) -> ModelSpec:
     build = functools.partial(CifarResNet, depth)
-    return ModelSpec(build, 10, _CIFAR, f"CIFAR ResNet-{depth}, option A shortcuts")
+    return ModelSpec(build, 10, _CIFAR, f"CIFAR ResNet-{depth}, option A shortcuts", "linear")
 
 
 def _resnet(depth: int) -> ModelSpec:
-    return ModelSpec(functools.partial(ResNet, depth), 1000, _IMAGENET, f"torchvision ResNet-{depth}")
+    return ModelSpec(functools.partial(ResNet, depth), 1000, _IMAGENET, f"torchvision ResNet-{depth}", "fc")
 
 
 REGISTRY: dict[str, ModelSpec] = {
     **{f"resnet{d}": _cifar_resnet(d) for d in (20, 32, 44, 56, 110)},
     **{f"resnet{d}": _resnet(d) for d in (18, 34, 50)},
     "vgg_bn_drop": ModelSpec(
-        CifarVGG, 10, _CIFAR, "CIFAR-VGG with batch norm and dropout (Zagoruyko 2015)"
+        CifarVGG, 10, _CIFAR, "CIFAR-VGG with batch norm and dropout (Zagoruyko 2015)", "classifier_5"
     ),
-    "mnistnet": ModelSpec(MnistNet, 10, _MNIST, "ShrinkBench's MnistNet: two 5x5 convs, two dense layers"),
-    "mlp": ModelSpec(MLP, 10, _MNIST, "LeNet-300-100: dense 300, dense 100, classifier"),
-    "vgg16_bn": ModelSpec(VGG, 1000, _IMAGENET, "torchvision VGG-16 with batch norm"),
+    "mnistnet": ModelSpec(MnistNet, 10, _MNIST, "ShrinkBench's MnistNet: two 5x5 convs, two dense layers", "fc2"),
+    "mlp": ModelSpec(MLP, 10, _MNIST, "LeNet-300-100: dense 300, dense 100, classifier", "fc3"),
+    "vgg16_bn": ModelSpec(VGG, 1000, _IMAGENET, "torchvision VGG-16 with batch norm", "classifier_6"),
     "mobilenet_v2": ModelSpec(
-        MobileNetV2, 1000, _IMAGENET, "torchvision MobileNetV2 (depthwise convolutions)"
+        MobileNetV2, 1000, _IMAGENET, "torchvision MobileNetV2 (depthwise convolutions)", "classifier_1"
     ),
 }
 
@@ -142,6 +146,11 @@ def input_shape(name: str) -> tuple[int, int, int]:
 def num_classes(name: str) -> int:
     """The default number of classes of model ``name``."""
     return spec(name).num_classes
+
+
+def classifier(name: str) -> str:
+    """The params path of model ``name``'s final dense layer, module names joined by ``/``."""
+    return spec(name).classifier
 
 
 def init(
