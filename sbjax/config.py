@@ -23,7 +23,8 @@ from typing import Any
 
 from sbjax import optim
 
-__all__ = ["SCORING", "ConfigError", "ExperimentConfig", "SweepConfig", "load_sweep", "parse_set", "shipped"]
+__all__ = ["SCORING", "ConfigError", "ExperimentConfig", "SweepConfig", "finetune_settings", "load_sweep", "parse_set",
+           "shipped"]
 
 REFERENCE = "none"  # the strategy name of the unpruned reference (compression 1)
 SCORING = ("eval", "train")  # the mode of the model when gradient and activation scores are computed
