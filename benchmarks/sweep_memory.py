@@ -80,7 +80,8 @@ def main() -> None:
         return
     print(f"{len(trace)} experiments, jax {jax.__version__}, {last['seconds']:.0f} s")
     for row in (at, last):
-        print(f"  after experiment {row['experiment']:3d}: {row['compiles']:5d} compiles, RSS {row['rss_mib']:8.1f} MiB")
+        print(f"  after experiment {row['experiment']:3d}: {row['compiles']:5d} compiles, "
+              f"RSS {row['rss_mib']:8.1f} MiB")
     print(f"  RSS ratio {summary['rss_ratio']:.3f}; compiles per experiment after experiment {at['experiment']}: "
           f"{summary['compiles_per_experiment_after_at']:.2f}")  # fmt: skip
     for name, count in summary["compiled_after_at"].items():
