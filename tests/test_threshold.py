@@ -38,7 +38,8 @@ def test_all_equal_scores_keep_the_first_k():
 # round(0.05 * 10) (float64, whose product rounds to 0.5) gives 0; float32(0.35) * 10 is
 # 3.49999994, so 3 where Python gives round(3.5) == 4; 0.25 * 10 is an exact tie, to even.
 @pytest.mark.parametrize(
-    "fraction, expected", [(0.0, 0), (1e-6, 0), (0.04, 0), (0.05, 1), (0.06, 1), (0.25, 2), (0.35, 3), (0.5, 5), (1.0, 10)]
+    "fraction, expected",
+    [(0.0, 0), (1e-6, 0), (0.04, 0), (0.05, 1), (0.06, 1), (0.25, 2), (0.35, 3), (0.5, 5), (1.0, 10)],
 )
 def test_keep_count_is_the_float32_fraction_times_n_rounded_half_to_even(fraction, expected):
     assert int(threshold.keep_count(fraction, 10)) == expected == reference_count(fraction, 10)
