@@ -437,9 +437,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+_NO_COMPUTATION = ([], ["-h"], ["--help"], ["--version"])  # command lines that run nothing in JAX
+
+
 def entry() -> None:
     """The ``sbjax`` command: on CPU, first re-executes with the tuned settings (``sbjax.cpu_settings``)."""
-    cpu_settings.apply()
+    if sys.argv[1:2] not in _NO_COMPUTATION:
+        cpu_settings.apply()
     sys.exit(main())
 
 
