@@ -75,6 +75,8 @@ def _fenced_conv(conv):
         if not isinstance(lhs_dot, SymbolicZero):
             terms.append(conv(lhs_dot, rhs))
         if not isinstance(rhs_dot, SymbolicZero):
+            # The token is a primal (a kernel entry), so the fenced input is a primal too: the
+            # term stays linear in rhs_dot, and its transpose (the kernel gradient) reads it.
             terms.append(conv(fence(lhs, rhs.reshape(-1)[0]), rhs_dot))
         if not terms:
             return out, jnp.zeros_like(out)
