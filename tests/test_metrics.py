@@ -159,11 +159,11 @@ def test_dead_channels_propagate_through_groups():
     assert m.layers[0].nonzero == 27 * 4 and m.layers[0].macs_nonzero == 16 * 16 * 27 * 4
 
 
-def test_fastconv_custom_vjp_is_seen_through():
+def test_fastconv_custom_jvp_is_seen_through():
     plain = _compute(ConvNet("SAME"), _init(ConvNet("SAME"), (16, 16, 3)), shape=(16, 16, 3))
     model = ConvNet("SAME", fastconv.conv_general_dilated)
     variables = _init(model, (16, 16, 3))
-    assert "custom_vjp_call" in str(jax.make_jaxpr(lambda x: model.apply(variables, x))(jnp.zeros((1, 16, 16, 3))))
+    assert "custom_jvp_call" in str(jax.make_jaxpr(lambda x: model.apply(variables, x))(jnp.zeros((1, 16, 16, 3))))
     fast = _compute(model, variables, shape=(16, 16, 3))
     assert fast.layers == plain.layers and fast.untraced == ()
 
