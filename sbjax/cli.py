@@ -30,8 +30,10 @@ def _add_strategies(subparsers) -> None:
 def _cmd_strategies(args: argparse.Namespace) -> int:
     from sbjax import strategies
 
-    for name, fn in strategies.REGISTRY.items():
-        print(f"{name:20s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+    for name, strategy in strategies.REGISTRY.items():
+        needs = f"[needs {', '.join(sorted(strategy.needs))}]" if strategy.needs else ""
+        print(f"{name:20s} {strategy.doc} {needs}".rstrip())
+    print('\nany "package.module:attr" import path also names a strategy (a Strategy value or a plain function)')
     return 0
 
 
@@ -157,7 +159,7 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
         model, variables, shape, num_classes = _unpruned(args)
         mask = None
     else:
-        strategies.get(args.strategy)  # an unknown name fails before any work
+        strategies.resolve(args.strategy)  # an unknown name fails before any work
         shape = _parse_shape(args.input_shape) if args.input_shape else None
         setup, mask = _pruned_setup(args, num_classes=args.num_classes, shape=shape)
         model, variables, shape = setup.model, setup.variables, setup.input_shape
@@ -303,8 +305,8 @@ def _add_prune(subparsers) -> None:
                    help="checkpoint folder or name (checkpoints/NAME here, or shipped; default: init from --seed)")
     p.add_argument("--strategy", required=True, help="pruning strategy (see `sbjax strategies`)")
     p.add_argument("--compression", required=True, type=float, help="target compression N_total / N_nonzero")
-    p.add_argument("--dataset", help="score and evaluate on this dataset (test split); default: no data, "
-                                     "gradient/activation scores from a random batch")  # fmt: skip
+    p.add_argument("--dataset", help="score and evaluate on this dataset (test split); needed by gradient and "
+                                     "activation strategies; default: no data, no accuracy")  # fmt: skip
     p.add_argument("--data-dir", help="local image folder or archive for --dataset")
     p.add_argument("--seed", type=int, default=0, help="seed of the init, random masks and scoring batch (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -316,7 +318,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     from sbjax import experiment, masks, metrics, strategies
 
-    strategies.get(args.strategy)  # an unknown name fails before any work
+    strategies.resolve(args.strategy)  # an unknown name fails before any work
     setup, mask = _pruned_setup(args, dataset=args.dataset, data_dir=args.data_dir)
     model, variables, shape = setup.model, setup.variables, setup.input_shape
     accuracy = {}

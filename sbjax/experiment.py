@@ -43,7 +43,7 @@ from sbjax.finetune_many import finetune_many
 from sbjax.optim import FinetuneConfig
 from sbjax.results import Store
 from sbjax.seeds import experiment_keys
-from sbjax.setups import Setup, prepare, resolve, resolve_all, setup_key
+from sbjax.setups import NO_DATA, Setup, prepare, resolve, resolve_all, setup_key
 
 __all__ = ["Setup", "checkpoint_dir", "finetune_config", "make_mask", "prepare", "resolve", "run_experiment",
            "run_experiments", "run_sweep"]
@@ -65,28 +65,55 @@ def _scoring_batch(setup: Setup, key: jax.Array, size: int) -> tuple[jax.Array, 
     return x, jnp.asarray(setup.train.labels[index])
 
 
-@functools.lru_cache(maxsize=None)
-def _jitted(name: str):
-    """The strategy ``name``, jitted once: fractions and keys are traced, so it compiles once."""
-    return jax.jit(strategies.get(name), static_argnames=("selection",))
+@functools.lru_cache(maxsize=64)
+def _jitted(strategy: strategies.Strategy | strategies.FunctionStrategy):
+    """The strategy, jitted once: fractions, keys and params are traced, so it compiles once per shape."""
+    return jax.jit(strategy, static_argnames=("selection",))
+
+
+@functools.lru_cache(maxsize=16)
+def _scoring_fn(model: Any, mode: str, needs: frozenset[str]):
+    """``(variables, x, y, key) -> (grads, activations)``, jitted once per model, mode and needs.
+
+    Only what ``needs`` names is computed (the other is ``None``); ``key`` seeds dropout in
+    ``"train"`` mode.
+    """
+
+    def inputs(variables, x, y, key):
+        apply_fn = scoring.make_apply_fn(model, variables, mode=mode, key=key)
+        params = variables["params"]
+        grads = scoring.gradients(apply_fn, params, x, y) if "grads" in needs else None
+        activations = scoring.input_activations(apply_fn, params, x) if "activations" in needs else None
+        return grads, activations
+
+    return jax.jit(inputs)
 
 
 def make_mask(setup: Setup, config: ExperimentConfig) -> Mask:
-    """The mask of ``config.strategy`` at ``config.compression`` (all ones for the reference)."""
+    """The mask of ``config.strategy`` at ``config.compression`` (all ones for the reference).
+
+    The strategy gets exactly the inputs it declares: gradients and activations of one training
+    batch drawn with the seed's score key (batch norm in ``config.scoring`` mode), the seed's mask
+    key; the selection is the setup's, resolved from the model's forward pass.
+    """
     params = setup.variables["params"]
     if config.strategy == REFERENCE:
         return masks_lib.ones_like(params)
-    strategy = _jitted(config.strategy)
-    fraction = jnp.float32(compression_lib.fraction_for(config.compression, params))
+    strategy = strategies.resolve(config.strategy)
+    selection = setup.selection
+    fraction = jnp.float32(compression_lib.fraction_for(config.compression, params, selection))
     keys = experiment_keys(config.seed)
     grads = activations = None
-    if config.strategy in strategies.NEEDS_GRADS | strategies.NEEDS_ACTIVATIONS:
-        size = config.score_batch or finetune_config(config).batch_size
+    data_needs = frozenset(strategy.needs & {"grads", "activations"})
+    if data_needs:
+        if config.dataset == NO_DATA:
+            raise ValueError(f"strategy {config.strategy!r} scores {' and '.join(sorted(data_needs))} on a batch of "
+                             "training data; give a dataset (--dataset)")  # fmt: skip
+        size = config.score_batch or config.settings.batch_size
         x, y = _scoring_batch(setup, keys["score"], size)
-        rest = {k: v for k, v in setup.variables.items() if k != "params"}
-        apply_fn = lambda p, x: setup.model.apply({**rest, "params": p}, x, train=False)  # noqa: E731
-        grads, activations = scoring.scoring_inputs(apply_fn, params, x, y)
-    return strategy(params, grads, fraction, key=keys["mask"], activations=activations)
+        grads, activations = _scoring_fn(setup.model, config.scoring, data_needs)(setup.variables, x, y, keys["score"])
+    key = keys["mask"] if "key" in strategy.needs else None
+    return _jitted(strategy)(params, grads, fraction, key=key, activations=activations, selection=selection)
 
 
 def efficiency(setup: Setup, mask: Mask) -> dict[str, float]:
@@ -191,7 +218,7 @@ def validate(sweep: SweepConfig) -> None:
     """Checks every name in ``sweep`` before any work; one clear error for the first unknown one."""
     for name in sweep.strategies:
         if name != REFERENCE:
-            strategies.get(name)
+            strategies.resolve(name)
     for name in sweep.models:
         models.spec(name)
     for name in sweep.datasets:

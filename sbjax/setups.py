@@ -30,7 +30,8 @@ __all__ = ["NO_DATA", "Setup", "data_fingerprint", "prepare", "resolve", "resolv
 
 Variables = dict[str, Any]
 NO_DATA = "noise"
-"""The dataset of a setup without data: its train split is a seeded batch of uniform noise."""
+"""The dataset of a setup without data (a placeholder train split of seeded noise, for shapes and
+classes only: strategies that score training data refuse it)."""
 NOISE_EXAMPLES = 16  # examples in the train split of a setup without data
 
 
@@ -112,7 +113,7 @@ def prepare(config: ExperimentConfig, *, verbose: bool = True, num_classes: int 
 
 
 def _prepare_without_data(config: ExperimentConfig, num_classes: int | None, shape: tuple[int, ...] | None) -> Setup:
-    """A setup whose train split is seeded uniform noise (for scoring without a dataset)."""
+    """A setup whose train split is seeded uniform noise, a placeholder: data-dependent strategies refuse it."""
     info = checkpoints.read_info(checkpoints.locate(config.checkpoint)) if config.checkpoint else None
     shape = tuple(shape or (info and info.input_shape) or models.input_shape(config.model))
     num_classes = num_classes or (info and info.num_classes) or models.num_classes(config.model)
