@@ -71,10 +71,10 @@ def fraction_for(
     Raises:
         CompressionError: ``compression`` is below 1, not finite, or beyond ``max_compression``.
     """
-    c = counts(params, selection)
     compression = float(compression)
     if not compression >= 1.0 or compression == float("inf"):
         raise CompressionError(f"compression must be a finite number >= 1, got {compression}")
+    c = counts(params, selection)
     if c.prunable == 0:
         if compression == 1.0:
             return 1.0
