@@ -124,3 +124,13 @@ def test_from_model_refuses_a_model_without_weight_layers():
 
 def test_selection_is_hashable_for_jit_static_args():
     assert hash(Selection()) == hash(Selection(kinds=["kernel", "bias"]))
+
+
+@pytest.mark.parametrize("name", sbjax.models.names())
+def test_every_registry_model_declares_the_classifier_its_forward_pass_ends_with(name):
+    model = sbjax.models.create(name)
+    variables = sbjax.models.abstract_variables(name)  # shapes only: tracing computes nothing
+    rest = {k: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), v) for k, v in variables.items() if k != "params"}
+    x = jax.ShapeDtypeStruct((1, *sbjax.models.input_shape(name)), jnp.float32)
+    apply_fn = lambda p, x: model.apply({**rest, "params": p}, x, train=False)  # noqa: E731
+    assert Selection.from_model(apply_fn, variables["params"], x).classifier == sbjax.models.classifier(name)
