@@ -65,3 +65,21 @@ def test_the_cli_runs_a_strategy_from_pythonpath(user_module, tmp_path):
     assert done.returncode == 0, done.stderr
     frame = results.aggregate(results.Store.open(tmp_path / "cli").rows())
     assert sorted(frame.strategy) == ["mystrategies:squared", "none"]
+
+
+def test_the_scoring_mode_reaches_the_gradient_scores_and_nothing_else():
+    import jax
+    import numpy as np
+
+    from sbjax.config import ExperimentConfig
+
+    base = dict(dataset="mnist5k", model="resnet20", compression=4.0, seed=0, finetune={"epochs": 0})
+    setup = experiment.prepare(ExperimentConfig(strategy="global_gradient", **base), verbose=False)
+
+    def mask(strategy, scoring):
+        return experiment.make_mask(setup, ExperimentConfig(strategy=strategy, scoring=scoring, **base))
+
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), mask("global_gradient", "eval"),
+                        mask("global_gradient", "train"))  # fmt: skip
+    assert not all(jax.tree.leaves(same))  # seeded batch-norm statistics are not the batch's
+    jax.tree.map(np.testing.assert_array_equal, mask("global_magnitude", "eval"), mask("global_magnitude", "train"))
