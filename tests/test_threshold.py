@@ -126,3 +126,72 @@ def test_large_leaves_use_every_counting_layout_and_stay_exact(fraction):
     np.testing.assert_array_equal(got, expected)
     layer = jax.jit(threshold.layer_keep)({"a": jnp.asarray(a)}, fraction)["a"]
     assert int(layer.sum()) == reference_count(fraction, a.size)
+
+
+def sorted_reference(keys, k):
+    """The k-th largest key and how many keys are >= it."""
+    t = np.sort(keys)[::-1][k - 1]
+    return t, int((keys >= t).sum())
+
+
+kth_with_guess = jax.jit(lambda keys, k, low, high: threshold._kth_by_levels([keys], k, (low, high)))
+kth_bit_by_bit = jax.jit(lambda keys, k: threshold._kth_largest([keys], k))
+uint32s = st.integers(0, 2**32 - 1)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    scores=hnp.arrays(np.float32, 300, elements=st.sampled_from([0.0, 1.0, -2.0]) | st.floats(-1e3, 1e3, width=32)),
+    k=st.integers(1, 300),
+    guess=st.tuples(uint32s, uint32s) | st.sampled_from([(0, 0), (2**32 - 1, 2**32 - 1), (0, 2**32 - 1)]),
+)
+def test_kth_largest_is_exact_whatever_the_guess(scores, k, guess):
+    # a guess that holds t, misses it below or above, or is a single key: the same exact answer
+    keys = np.asarray(threshold.sortable_keys(jnp.asarray(scores)))
+    low, high = sorted(guess)
+    expected = sorted_reference(keys, k)
+    for t, count in (kth_with_guess(keys, k, np.uint32(low), np.uint32(high)), kth_bit_by_bit(keys, k)):
+        assert (int(t), int(count)) == expected
+
+
+def exact_reference(flat_scores, k):
+    expected = np.zeros(flat_scores.size, bool)
+    expected[np.argsort(-flat_scores, kind="stable")[:k]] = True
+    return expected
+
+
+@pytest.mark.parametrize("sample", ["typical", "too high", "too low"])
+def test_sampled_guess_keeps_the_selection_exact(sample):
+    # from LEVELS_MIN keys the search starts from a strided sample; make the sample unrepresentative
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 1000, threshold.LEVELS_MIN + 3 * threshold.LANES + 11).astype(np.float32)  # ties
+    b = rng.standard_normal(2 * threshold.LANES + 5).astype(np.float32)
+    if sample != "typical":
+        a[:: threshold.SAMPLE_STRIDE] = 1e6 if sample == "too high" else -1e6
+    flat = np.concatenate([a, b])
+    keep = jax.jit(threshold.global_keep)({"a": a, "b": b}, jnp.float32(0.3))
+    k = reference_count(0.3, flat.size)
+    got = np.concatenate([np.asarray(keep["a"]), np.asarray(keep["b"])])
+    np.testing.assert_array_equal(got, exact_reference(flat, k))
+
+
+def test_tied_ranks_cross_k_in_any_row_of_any_leaf():
+    # every score equal: the first k in flattened order, k inside a row, at a row's end, in a tail
+    lanes = threshold.LANES
+    sizes = {"a": 3 * lanes + 5, "b": lanes, "c": 7, "d": 2 * lanes}
+    scores = {name: jnp.ones(size) for name, size in sizes.items()}
+    n = sum(sizes.values())
+    keep = jax.jit(threshold.global_keep)
+    for k in [1, lanes - 1, lanes, lanes + 1, 3 * lanes + 2, 3 * lanes + 5, 4 * lanes + 8, n - 3]:
+        fraction = np.float32(k / n)
+        expected = np.arange(n) < reference_count(fraction, n)
+        got = np.concatenate([np.asarray(v) for v in keep(scores, fraction).values()])
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_vmap_over_fractions_of_a_sampled_selection_equals_a_loop():
+    scores = {"a": jnp.asarray(np.random.default_rng(2).standard_normal(threshold.LEVELS_MIN + 9), jnp.float32)}
+    fractions = jnp.array([0.0, 0.2, 0.7, 1.0], jnp.float32)
+    stacked = jax.jit(jax.vmap(threshold.global_keep, in_axes=(None, 0)))(scores, fractions)
+    for i, f in enumerate(fractions):
+        np.testing.assert_array_equal(stacked["a"][i], threshold.global_keep(scores, f)["a"])
