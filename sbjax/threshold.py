@@ -153,17 +153,15 @@ def _count_at_least(parts: list[jax.Array], threshold: jax.Array) -> jax.Array:
 
 # The k-th largest key t. Below LEVELS_MIN keys, bit by bit: 32 counting passes over the keys.
 # From LEVELS_MIN keys, by narrowing an interval [low, high] of keys about 8 bits per level: a
-# level maps the keys to uint8 codes (23.5 MB for ResNet-50's 94 MB of keys), one bucket of
-# 2**shift keys per code, and finds t's bucket with up to 8 counting passes over the codes. The
-# first interval is guessed from a sample of the keys; a guess is not trusted: its codes keep 0
-# for the keys below low, 255 for those above high and 254 buckets in between, so that the level
-# also finds whether t is below or above it (then the next level starts from the rest of the
-# range). Once count(key >= low) >= k > count(key > high) is known, the codes may lump the keys
-# below low into bucket 0 and those above high into the top bucket (256 buckets). t is exact
-# whatever the guess; a good guess leaves 2 or 3 levels to go instead of 4.
+# level maps the keys to uint8 codes (23.5 MB for ResNet-50's 94 MB of keys), 0 below low, 255
+# above high and 1 + (key - low) // 2**shift in between (254 codes at most), and finds t's code
+# with up to 8 counting passes over the codes. The first interval is guessed from a sample of
+# the keys and not trusted: if its level finds t below or above it, the next level starts from
+# the rest of the range. t is exact whatever the guess; a good guess leaves 2 or 3 levels to go
+# instead of 4 or 5. The last level's codes, t's bucket a single key, then stand for the keys.
 
 U32_MAX = 0xFFFFFFFF
-LEVELS_MIN = 2**18  # measured: fewer keys are faster bit by bit
+LEVELS_MIN = 2**20  # measured: fewer keys are faster bit by bit
 SAMPLE_STRIDE = 127  # odd, so that the sample visits every channel of power-of-two widths
 
 
@@ -185,41 +183,47 @@ def _search(codes: list[jax.Array], k: jax.Array, bits: Any) -> tuple[jax.Array,
 
 
 def _level(keys: list[jax.Array], k: jax.Array, n: int, state: tuple) -> tuple:
-    """Narrows ``(low, high, count(key >= low), verified)`` to the bucket that holds t."""
+    """Narrows ``(low, high, count(key >= low), checked, codes, t's code)`` to t's bucket;
+    ``checked``: whether count(key >= low) >= k > count(key > high) is known."""
     u32 = jnp.uint32
-    low, high, count, verified = state
-    width, below = high - low, jnp.where(verified, u32(0), u32(1))  # below: the code of bucket 0
+    low, high, count, checked, _, _ = state
+    width = high - low
     shift = jnp.maximum(_bit_length(width), u32(8)) - u32(8)  # width >> shift <= 255
-    shift = shift + ((width >> shift) > jnp.where(verified, u32(255), u32(253))).astype(u32)
-    top = jnp.where(verified, width >> shift, u32(255))  # the code of the keys above high
-    codes = [jnp.where(x < low, u32(0), jnp.where(x > high, top, below + ((x - low) >> shift))).astype(jnp.uint8)
+    shift = shift + ((width >> shift) > u32(253)).astype(u32)  # ... <= 253
+    codes = [jnp.where(x < low, u32(0), jnp.where(x > high, u32(255), u32(1) + ((x - low) >> shift))).astype(jnp.uint8)
              for x in keys]  # fmt: skip
-    c, n_c = _search(codes, k, jnp.where(verified, _bit_length(top), u32(8)))
-    bucket_low = low + ((c - below) << shift)
+    # codes 0 and 255 hold t only when the interval was not checked: all 8 bits then
+    c, n_c = _search(codes, k, jnp.where(checked, _bit_length(u32(1) + (width >> shift)), u32(8)))
+    bucket_low = low + ((c - u32(1)) << shift)
     bucket_high = bucket_low + jnp.minimum((u32(1) << shift) - u32(1), high - bucket_low)
-    missed_below, missed_above = ~verified & (c == 0), ~verified & (c == 255)  # a guess that missed t
-    new_low = jnp.where(missed_below, u32(0), jnp.where(missed_above, high + u32(1), bucket_low))
-    new_high = jnp.where(missed_below, low - u32(1), jnp.where(missed_above, u32(U32_MAX), bucket_high))
-    new_count = jnp.where(missed_below, jnp.int32(n), jnp.where(c > 0, n_c, count))
-    return new_low, new_high, new_count, jnp.bool_(True)
+    below, above = c == 0, c == 255  # a guess that missed t
+    new_low = jnp.where(below, u32(0), jnp.where(above, high + u32(1), bucket_low))
+    new_high = jnp.where(below, low - u32(1), jnp.where(above, u32(U32_MAX), bucket_high))
+    new_count = jnp.where(below, jnp.int32(n), n_c)
+    return new_low, new_high, new_count, jnp.bool_(True), codes, c.astype(jnp.uint8)
 
 
-def _kth_largest(keys: list[jax.Array], k: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The k-th largest key t over all flat ``keys`` (1 <= k <= n) and count(key >= t)."""
+def _kth_largest(keys: list[jax.Array], k: jax.Array) -> tuple:
+    """The k-th largest key t over all flat ``keys`` (1 <= k <= n), count(key >= t), and arrays
+    and a value that order like the keys and t: ``x >= v`` where ``key >= t``, ``x == v`` where
+    ``key == t``."""
     n = sum(x.size for x in keys)
     if n < LEVELS_MIN:
         t, count = _search(keys, k, 32)
-        return t, jnp.where(t > 0, count, jnp.int32(n))
+        return t, jnp.where(t > 0, count, jnp.int32(n)), keys, t
     return _kth_by_levels(keys, k, _guess(keys, k))
 
 
-def _kth_by_levels(keys: list[jax.Array], k: jax.Array, guess: tuple) -> tuple[jax.Array, jax.Array]:
+def _kth_by_levels(keys: list[jax.Array], k: jax.Array, guess: tuple) -> tuple:
     """``_kth_largest`` by levels of uint8 codes, starting from ``guess``, a (low, high) pair of
     keys where t probably is (the result does not depend on it)."""
     n = sum(x.size for x in keys)
-    state = (*guess, jnp.int32(n), jnp.bool_(False))
-    low, _, count, _ = lax.while_loop(lambda s: (s[0] < s[1]) | ~s[3], lambda s: _level(keys, k, n, s), state)
-    return low, count
+    codes = [jnp.zeros(x.shape, jnp.uint8) for x in keys]
+    state = (*guess, jnp.int32(n), jnp.bool_(False), codes, jnp.uint8(0))
+    t, _, count, _, codes, c = lax.while_loop(
+        lambda s: (s[0] < s[1]) | ~s[3], lambda s: _level(keys, k, n, s), state
+    )
+    return t, count, codes, c
 
 
 def _guess(keys: list[jax.Array], k: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -231,7 +235,7 @@ def _guess(keys: list[jax.Array], k: jax.Array) -> tuple[jax.Array, jax.Array]:
     expected = p * m
     margin = 4.5 * jnp.sqrt(jnp.maximum(expected * (1 - p), 1.0)) + 1
     ranks = jnp.stack([jnp.floor(expected - margin), jnp.ceil(expected + margin)])  # high, low
-    found, _ = jax.vmap(lambda r: _kth_largest([sample], r))(jnp.clip(ranks, 1, m).astype(jnp.int32))
+    found = jax.vmap(lambda r: _kth_largest([sample], r)[0])(jnp.clip(ranks, 1, m).astype(jnp.int32))
     high = jnp.where(ranks[0] >= 1, found[0], jnp.uint32(U32_MAX))
     low = jnp.where(ranks[1] <= m, found[1], jnp.uint32(0))
     return low, high
@@ -244,13 +248,13 @@ def _select(parts: list[jax.Array], k: jax.Array) -> list[jax.Array]:
     if size == 0:
         return [keys > 0 for keys in parts]
     k1 = jnp.maximum(k, 1)  # k = 0: the largest key, and none of its ties
-    t, n_at_least = _kth_largest(parts, k1)
+    _, n_at_least, x, v = _kth_largest(parts, k1)
 
-    def keep_all(parts):
-        return [keys >= t for keys in parts]
+    def keep_all(x):
+        return [xi >= v for xi in x]
 
     # Usually every key >= t is kept; ranking the ties only when not.
-    return lax.cond(n_at_least == k, keep_all, lambda parts: _first_ties(parts, t, k, n_at_least), parts)
+    return lax.cond(n_at_least == k, keep_all, lambda x: _first_ties(x, v, k, n_at_least), x)
 
 
 def _row_counts(rows: jax.Array) -> jax.Array:

@@ -150,8 +150,11 @@ def test_kth_largest_is_exact_whatever_the_guess(scores, k, guess):
     keys = np.asarray(threshold.sortable_keys(jnp.asarray(scores)))
     low, high = sorted(guess)
     expected = sorted_reference(keys, k)
-    for t, count in (kth_with_guess(keys, k, np.uint32(low), np.uint32(high)), kth_bit_by_bit(keys, k)):
+    for t, count, (x,), v in (kth_with_guess(keys, k, np.uint32(low), np.uint32(high)), kth_bit_by_bit(keys, k)):
         assert (int(t), int(count)) == expected
+        # what the mask is made of (the last level's codes) orders like the keys around t
+        np.testing.assert_array_equal(np.asarray(x) >= v, keys >= t)
+        np.testing.assert_array_equal(np.asarray(x) == v, keys == t)
 
 
 def exact_reference(flat_scores, k):
