@@ -169,17 +169,20 @@ def _bit_length(x: jax.Array) -> jax.Array:
     return (jnp.uint32(32) - lax.clz(x)).astype(jnp.uint32)
 
 
-def _search(codes: list[jax.Array], k: jax.Array, bits: Any) -> tuple[jax.Array, jax.Array]:
-    """The largest c < 2**bits with count(codes >= c) >= k, and that count (-1 for c = 0)."""
+def _search(codes: list[jax.Array], k: jax.Array, bits: Any, base: Any = 0) -> tuple[jax.Array, jax.Array]:
+    """The largest c = base + i, i < 2**bits, with count(codes >= c) >= k, and that count (-1 for
+    c = base, the count there being already known)."""
 
     def step(i, state):
         c, count = state
         candidate = c | (jnp.uint32(1) << (jnp.uint32(bits) - 1 - i.astype(jnp.uint32)))
-        n = _count_at_least(codes, candidate.astype(codes[0].dtype))
+        top = jnp.uint32(jnp.iinfo(codes[0].dtype).max)
+        n = _count_at_least(codes, jnp.minimum(candidate + base, top).astype(codes[0].dtype))
         return jnp.where(n >= k, candidate, c), jnp.where(n >= k, n, count)
 
     steps = bits if isinstance(bits, int) else bits.astype(jnp.int32)
-    return lax.fori_loop(0, steps, step, (jnp.uint32(0), jnp.int32(-1)))
+    c, count = lax.fori_loop(0, steps, step, (jnp.uint32(0), jnp.int32(-1)))
+    return c + base, count
 
 
 def _level(keys: list[jax.Array], k: jax.Array, n: int, state: tuple) -> tuple:
@@ -192,14 +195,15 @@ def _level(keys: list[jax.Array], k: jax.Array, n: int, state: tuple) -> tuple:
     shift = shift + ((width >> shift) > u32(253)).astype(u32)  # ... <= 253
     codes = [jnp.where(x < low, u32(0), jnp.where(x > high, u32(255), u32(1) + ((x - low) >> shift))).astype(jnp.uint8)
              for x in keys]  # fmt: skip
-    # codes 0 and 255 hold t only when the interval was not checked: all 8 bits then
-    c, n_c = _search(codes, k, jnp.where(checked, _bit_length(u32(1) + (width >> shift)), u32(8)))
+    # t's code is 1 or more once the interval is checked, below 255; unchecked, any of 0..255
+    base = checked.astype(u32)
+    c, n_c = _search(codes, k, jnp.where(checked, _bit_length(width >> shift), u32(8)), base)
     bucket_low = low + ((c - u32(1)) << shift)
     bucket_high = bucket_low + jnp.minimum((u32(1) << shift) - u32(1), high - bucket_low)
     below, above = c == 0, c == 255  # a guess that missed t
     new_low = jnp.where(below, u32(0), jnp.where(above, high + u32(1), bucket_low))
     new_high = jnp.where(below, low - u32(1), jnp.where(above, u32(U32_MAX), bucket_high))
-    new_count = jnp.where(below, jnp.int32(n), n_c)
+    new_count = jnp.where(below, jnp.int32(n), jnp.where(n_c >= 0, n_c, count))
     return new_low, new_high, new_count, jnp.bool_(True), codes, c.astype(jnp.uint8)
 
 
