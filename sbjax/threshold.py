@@ -13,11 +13,11 @@ arithmetic on the device for an array, so eager and jitted calls keep the same e
 any ``n < 2**31``; jit and vmap over fractions work without retracing.
 
 No sort is needed. Scores are mapped to unsigned integers that order like the floats, and the
-k-th largest key is found by a radix search over uint8 codes of the keys, 8 bits at a time, in
-counting passes whose cost is linear in the number of entries; for large inputs a sample of the
-keys first guesses a narrow interval, which the counts then check exactly. The counts are laid
-out so that XLA vectorizes them, and the leaves are never concatenated. NaN scores count as the
-lowest possible score.
+k-th largest key is found with counting passes, each linear in the number of entries: bit by
+bit over the keys for small inputs; for large ones by a radix search over uint8 codes of the
+keys, about 8 bits per level, from an interval that a sample of the keys guesses and the counts
+check. The counts are laid out so that XLA vectorizes them, and the leaves are never
+concatenated. NaN scores count as the lowest possible score.
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ def _select(parts: list[jax.Array], k: jax.Array) -> list[jax.Array]:
     if size == 0:
         return [keys > 0 for keys in parts]
     k1 = jnp.maximum(k, 1)  # k = 0: the largest key, and none of its ties
-    _, n_at_least, x, v = _kth_largest(parts, k1)
+    _, n_at_least, x, v = _kth_largest(parts, k1)  # x >= v where key >= t
 
     def keep_all(x):
         return [xi >= v for xi in x]
@@ -278,7 +278,8 @@ def _ranks(ties: jax.Array) -> jax.Array:
 
 
 def _first_ties(parts: list[jax.Array], t: jax.Array, k: jax.Array, n_at_least: jax.Array) -> list[jax.Array]:
-    """Keeps the keys above ``t`` and the first of its ties in flattened order, ``k`` in all.
+    """Keeps the entries above ``t`` and the first of its ties in flattened order, ``k`` in all
+    (``parts``: the keys, or codes that order like them; ``n_at_least``: how many are >= t).
 
     Ties are counted per row of LANES entries (a leaf's last, shorter row apart); the rows whose
     ties all rank within ``k`` keep them, and only the row where the ranks cross ``k`` and the
