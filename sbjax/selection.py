@@ -97,10 +97,6 @@ class Selection:
         """
         return cls(kinds=kinds, classifier=classifier_of(apply_fn, params, x), exclude=exclude)
 
-    def resolve(self, params: Params) -> Selection:
-        """This selection with ``"auto"`` replaced by the classifier it decides (or refuses)."""
-        return dataclasses.replace(self, classifier=_classifier(params, self))
-
 
 DEFAULT = Selection()
 
