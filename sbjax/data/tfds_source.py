@@ -1,13 +1,22 @@
 """Datasets by name through tensorflow-datasets' ``tfds.data_source`` (no TensorFlow needed).
 
 TFDS downloads and prepares the files on first use (``download=True``) under its data
-directory (``data_dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``). Datasets that
-must be downloaded by hand (ImageNet) are looked for in ``<data_dir>/downloads/manual``, as TFDS
-documents. The decoded ``uint8`` arrays are cached like local data.
+directory (``data_dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``). Before a
+download, the dataset's servers are probed for a few seconds: without network an unprepared
+dataset fails at once with one line (where TFDS looks for prepared files, and ``--data-dir`` as
+the offline way) instead of minutes of TFDS's retries. Datasets that must be downloaded by hand
+(ImageNet) are looked for in ``<data_dir>/downloads/manual``, as TFDS documents. The decoded
+``uint8`` arrays are cached like local data.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +27,10 @@ from sbjax.data.arrays import ImageData
 from sbjax.data.local import progress, resize_center_crop
 from sbjax.data.registry import DatasetSpec
 
+PROBE_TIMEOUT_S = 5.0
+"""Seconds the download servers have to accept a connection before a dataset counts as offline."""
+TFDS_MIRROR = "https://storage.googleapis.com/tfds-data/"  # TFDS tries its own copy of many datasets first
+
 
 def load_tfds(
     spec: DatasetSpec, split: str, data_dir: str | None = None, download: bool = True, verbose: bool = True
@@ -25,7 +38,8 @@ def load_tfds(
     """Loads one split of a TFDS dataset, decoded to ``uint8`` arrays and cached.
 
     Raises:
-        ValueError: A manual-download dataset whose files are not where TFDS expects them.
+        ValueError: A manual-download dataset whose files are not where TFDS expects them, or an
+            unprepared dataset that cannot be downloaded (``download`` false, or no network).
     """
     import tensorflow_datasets as tfds
 
@@ -36,12 +50,60 @@ def load_tfds(
                           split=split, stored_size=spec.stored_size, mean=spec.mean, std=spec.std)
 
     def build() -> ImageData:
-        source = tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=download)
+        source = _open_source(tfds, builder, spec.tfds_name, split, data_dir, download)
         names = tuple(builder.info.features["label"].names)
         images, labels = _decode(source, spec.stored_size, f"{spec.tfds_name} {split}" if verbose else None)
         return ImageData(images, labels, names, spec.mean, spec.std)
 
     return cache.cached(key, build)
+
+
+def _open_source(tfds: Any, builder: Any, name: str, split: str, data_dir: str | None, download: bool) -> Any:
+    """TFDS's data source of ``split``; an unprepared dataset is downloaded only if its servers answer."""
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception:  # TFDS raises several types for a dataset that is not there
+        if builder.is_prepared():
+            raise
+    urls = sorted(type(builder).url_infos or ())
+    if not download or (urls and not reachable([*urls, TFDS_MIRROR])):
+        raise ValueError(_not_prepared(builder, [*urls, TFDS_MIRROR] if download else None))
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=True)
+
+
+def _not_prepared(builder: Any, probed: Sequence[str] | None) -> str:
+    hosts = ", ".join(dict.fromkeys(urllib.parse.urlsplit(u).hostname or u for u in probed or ()))
+    why = "downloads are off" if probed is None else f"it cannot be downloaded (no network: {hosts} did not answer)"
+    return (
+        f"dataset {builder.name!r} is not prepared in {builder.data_dir_root} (TFDS's data directory: "
+        f"--tfds-data-dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets) and {why}; offline, pass a local image "
+        f"folder or tar/tar.gz archive with --data-dir, or copy a prepared {builder.name} folder into that directory"
+    )
+
+
+def reachable(urls: Sequence[str], timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the server of any of ``urls`` accepts a TCP connection within ``timeout`` seconds.
+
+    The name lookups and connections run in daemon threads, so a hanging DNS lookup costs at
+    most ``timeout`` too.
+    """
+    ports = {"https": 443, "http": 80, "ftp": 21}
+    parts = [urllib.parse.urlsplit(url) for url in urls]
+    addresses = {(p.hostname, p.port or ports.get(p.scheme, 443)) for p in parts if p.hostname}
+    answers: list[bool] = []
+
+    def connect(address: tuple[str, int]) -> None:
+        with contextlib.suppress(OSError):
+            socket.create_connection(address, timeout=timeout).close()
+            answers.append(True)
+
+    threads = [threading.Thread(target=connect, args=(a,), daemon=True) for a in sorted(addresses)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return any(answers)
 
 
 def _check_manual_dir(builder: Any) -> None:
