@@ -12,8 +12,12 @@ Layout of a results folder::
 Every file is written to a temporary name in the same folder and renamed into place, so a
 process killed at any moment leaves either the old file or the new one, never half of one.
 Claiming an experiment creates ``.lock`` with ``O_CREAT | O_EXCL``: two sweep processes on the
-same folder never run the same experiment; a lock left by a dead process on this host is taken
-over.
+same folder never run the same experiment. The lock is a lease: its holder refreshes the file's
+modification time while it works, and a lock not refreshed for :data:`LEASE_S` seconds (a
+holder killed, on any host) is stale whatever it contains and taken over; so is, at once, the
+lock of a dead process of this host. The lease assumes the clocks of the hosts sharing a folder
+agree within a fraction of it. A ``result.json`` that does not parse is moved aside and its
+experiment run again (see :meth:`Store.rows`). Files are created with the umask's mode.
 """
 
 from __future__ import annotations
@@ -23,9 +27,13 @@ import json
 import os
 import socket
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
 
@@ -55,11 +63,22 @@ class ResultsError(ValueError):
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Writes ``obj`` as JSON to ``path`` through a temporary file and a rename."""
+    write_atomic(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable))
+
+
+def write_atomic(path: Path, write: Callable[[IO[str]], None]) -> None:
+    """Writes ``path`` through ``write(file)`` on a temporary file in the same folder and a rename.
+
+    The file gets the mode a plain ``open`` would give it (``0o666`` less the umask), so
+    colleagues can read a shared results folder; an exception or a Ctrl-C on the way removes the
+    temporary file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -67,6 +86,18 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _file_mode() -> int:
+    """``0o666`` less the process's umask: the mode ``open`` gives a new file."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as status:  # read without setting it (os.umask is process-wide)
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _jsonable(value: Any) -> Any:
@@ -87,13 +118,41 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class Store:
-    """A results folder: which experiments are done, claiming one, writing its files."""
+def _pid_namespace() -> str:
+    """This process's pid namespace (``pid:[4026531836]``): pids are comparable only within one."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return "-"
 
-    def __init__(self, root: str | os.PathLike):
+
+LEASE_S = 120.0
+"""Seconds after which a lock its holder has not refreshed is stale, whatever it holds."""
+
+
+class Store:
+    """A results folder: which experiments are done, claiming one, writing its files.
+
+    Args:
+        root: The folder; created if missing (see :meth:`open` to read an existing one).
+        lease_s: Seconds a lock stays valid without a refresh (:data:`LEASE_S`); the holder
+            refreshes it every ``lease_s / 4`` seconds while it works.
+
+    Attributes:
+        left_to_others: The experiments :meth:`claim` found held by another process (a live
+            lock), in the order met: a sweep reports them at its end.
+    """
+
+    def __init__(self, root: str | os.PathLike, lease_s: float = LEASE_S, *, create: bool = True):
         self.root = Path(root)
+        self.lease_s = float(lease_s)
+        self.left_to_others: list[str] = []
         if self.root.exists() and not self.root.is_dir():
             raise ResultsError(f"results path {str(self.root)!r} is a file, expected a folder")
+        if not create:
+            if not os.access(self.root, os.R_OK | os.X_OK):
+                raise ResultsError(f"results folder {str(self.root)!r} is not readable")
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -102,72 +161,115 @@ class Store:
             raise ResultsError(f"results folder {str(self.root)!r} is not readable and writable")
 
     @classmethod
-    def open(cls, root: str | os.PathLike) -> Store:
-        """An existing results folder; a clear error if there is none (nothing is created)."""
+    def open(cls, root: str | os.PathLike, lease_s: float = LEASE_S) -> Store:
+        """An existing results folder to read (it may be read-only); a clear error if there is none."""
         if not Path(root).is_dir():
             raise ResultsError(f"no results folder {str(root)!r}; expected a folder written by `sbjax run`")
-        return cls(root)
+        return cls(root, lease_s, create=False)
 
     def folder(self, experiment_id: str) -> Path:
         return self.root / experiment_id
 
     def is_done(self, experiment_id: str) -> bool:
-        return (self.folder(experiment_id) / "result.json").is_file()
+        """Whether the experiment has a result; a damaged one is moved aside (see :meth:`rows`)."""
+        return self._read_result(self.folder(experiment_id) / "result.json") is not None
 
     @contextlib.contextmanager
     def claim(self, experiment_id: str) -> Iterator[bool]:
         """Context manager yielding True if this process now owns the experiment.
 
-        It yields False when the experiment is finished or another live process holds it.
+        It yields False when the experiment is finished or another process holds it (its id is
+        then added to :attr:`left_to_others`). While the claim is held a background thread
+        refreshes the lock's modification time; a lock not refreshed for ``lease_s`` seconds
+        is stale whatever it contains (empty, another host, a reused pid) and taken over, as is
+        the lock of a dead process of this host at once.
         """
         if self.is_done(experiment_id):
             yield False
             return
         lock = self.folder(experiment_id) / ".lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
-        if not self._acquire(lock):
+        owner = f"{socket.gethostname()} {os.getpid()} {_pid_namespace()} {uuid.uuid4().hex}"
+        if not self._acquire(lock, owner):
+            if experiment_id not in self.left_to_others:
+                self.left_to_others.append(experiment_id)
             yield False
             return
+        stop = threading.Event()
+        refresher = threading.Thread(target=_refresh, args=(lock, owner, self.lease_s / 4, stop),
+                                     name=f"sbjax-lease-{experiment_id}", daemon=True)
+        refresher.start()
         try:
             yield not self.is_done(experiment_id)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()
-
-    def _acquire(self, lock: Path) -> bool:
-        owner = f"{socket.gethostname()} {os.getpid()}"
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if not self._stale(lock):
-                    return False
+            stop.set()
+            refresher.join()
+            if _holder(lock) == owner:
                 with contextlib.suppress(FileNotFoundError):
                     lock.unlink()
+
+    def _acquire(self, lock: Path, owner: str) -> bool:
+        for _ in range(3):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                if not self._take_over(lock):
+                    return False
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(owner)
             return True
         return False
 
-    @staticmethod
-    def _stale(lock: Path) -> bool:
+    def _take_over(self, lock: Path) -> bool:
+        """Removes ``lock`` if it is stale, one process at a time; whether to try creating it again.
+
+        The takeover runs under a second lock (``.lock.takeover``, created with ``O_EXCL``), and
+        the staleness is checked again under it, so two processes that both found the lock
+        stale cannot both remove a lock that one of them has just created.
+        """
+        if not self._stale(lock):
+            return False
+        guard = lock.with_name(lock.name + ".takeover")
         try:
-            host, pid = lock.read_text().split()
-        except (OSError, ValueError):
-            return False  # being written right now, or not ours to judge
-        return host == socket.gethostname() and not _pid_alive(int(pid))
+            os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            if not self._stale(guard, by_owner=False):
+                return False  # another process is taking it over right now
+            with contextlib.suppress(FileNotFoundError):
+                guard.unlink()  # left by a process killed during a takeover
+            return True
+        try:
+            if not self._stale(lock):
+                return False
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+            return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                guard.unlink()
+
+    def _stale(self, lock: Path, by_owner: bool = True) -> bool:
+        """Not refreshed for the lease (or gone), or, if ``by_owner``, held by a dead process of this host."""
+        try:
+            if time.time() - lock.stat().st_mtime > self.lease_s:
+                return True
+            fields = lock.read_text().split()
+        except FileNotFoundError:
+            return True
+        except (OSError, UnicodeDecodeError):
+            return False
+        if not by_owner or len(fields) < 2 or fields[0] != socket.gethostname() or not fields[1].isdigit():
+            return False
+        same_pids = len(fields) < 3 or fields[2] == _pid_namespace()
+        return same_pids and not _pid_alive(int(fields[1]))
 
     def write_config(self, experiment_id: str, config: Mapping[str, Any]) -> None:
         write_json_atomic(self.folder(experiment_id) / "config.json", dict(config))
 
     def write_log(self, experiment_id: str, epochs: Sequence[Mapping[str, Any]]) -> None:
-        path = self.folder(experiment_id) / "log.jsonl"
         text = "".join(json.dumps(dict(e), sort_keys=True, default=_jsonable) + "\n" for e in epochs)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".log.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_atomic(self.folder(experiment_id) / "log.jsonl", lambda f: f.write(text))
 
     def write_result(self, experiment_id: str, row: Mapping[str, Any]) -> None:
         unknown = sorted(set(row) - set(COLUMNS))
@@ -176,14 +278,57 @@ class Store:
         write_json_atomic(self.folder(experiment_id) / "result.json", dict(row))
 
     def rows(self) -> list[dict[str, Any]]:
-        """Every finished experiment's row (folders without ``result.json`` are skipped)."""
-        rows = []
-        for path in sorted(self.root.glob("*/result.json")):
-            try:
-                rows.append(json.loads(path.read_text()))
-            except (OSError, json.JSONDecodeError) as error:
-                raise ResultsError(f"unreadable result file {str(path)!r}: {error}") from None
-        return rows
+        """Every finished experiment's row (folders without ``result.json`` are skipped).
+
+        A ``result.json`` that does not parse (truncated, empty, not a JSON object) is moved
+        aside to ``result.json.damaged-<UTC time>``, kept for inspection, and named in one
+        :class:`UserWarning` (``warnings`` module); its experiment then counts as not done, so
+        the next ``sbjax run`` reruns it. In a folder that is not writable the damaged file is
+        left in place and only skipped, with the same warning: reading never needs write access.
+        """
+        found = (self._read_result(path) for path in sorted(self.root.glob("*/result.json")))
+        return [row for row in found if row is not None]
+
+    def _read_result(self, path: Path) -> dict[str, Any] | None:
+        """The row in ``path``; ``None`` if there is none or it is damaged (then moved aside if possible)."""
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise ResultsError(f"unreadable result file {str(path)!r}: {error.strerror}") from None
+        try:
+            row = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            row = None
+        if isinstance(row, dict):
+            return row
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        try:
+            os.rename(path, aside)
+            what = f"moved to {aside.name} for inspection; its experiment will run again"
+        except FileNotFoundError:
+            return None  # another process moved it aside first
+        except OSError:
+            what = "left in place (folder not writable) and skipped"
+        warnings.warn(f"result file {str(path)!r} does not parse ({len(text)} bytes): {what}", stacklevel=3)
+        return None
+
+
+def _holder(lock: Path) -> str | None:
+    try:
+        return lock.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _refresh(lock: Path, owner: str, every: float, stop: threading.Event) -> None:
+    """Touches ``lock`` every ``every`` seconds until ``stop``, while it is still ``owner``'s."""
+    while not stop.wait(every):
+        if _holder(lock) != owner:
+            return  # taken over (its lease expired): it is not ours to refresh
+        with contextlib.suppress(OSError):
+            os.utime(lock)
 
 
 def aggregate(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -213,10 +358,16 @@ def export(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
         raise ResultsError(f"export path {str(path)!r} must end in .csv or .parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    if path.suffix == ".csv":
-        frame.to_csv(tmp, index=False)
-    else:
-        frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    try:
+        os.fchmod(fd, _file_mode())
+        os.close(fd)
+        if path.suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return path
