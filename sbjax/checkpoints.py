@@ -9,11 +9,13 @@ has exactly the model's structure and shapes, and afterwards that the arrays has
 recorded at save time. Corrupt, truncated or mismatched checkpoints fail with one clear
 :class:`CheckpointError`, never a silent partial load.
 
-A checkpoint is named by its folder, or by a name :func:`locate` finds: ``checkpoints/NAME``
-under the working directory (where ``sbjax port`` writes), else one shipped inside the package
-(``sbjax/weights/``: the pretrained model of the embedded default sweep). An experiment knows
-its checkpoint by :func:`fingerprint`, the recorded digest of its arrays and its normalization,
-never by its name or path.
+A checkpoint is named by its folder, or by a name :func:`locate` finds in the user checkpoint
+directory :func:`user_dir`, ``<home>/checkpoints/NAME`` (where ``sbjax port`` writes; the home
+is ``$SBJAX_HOME``, else the user's data directory, ``~/.local/share/sbjax`` on Linux), else one
+shipped inside the package (``sbjax/weights/``: the pretrained model of the embedded default
+sweep). Every command resolves names the same way, from any working directory. An experiment
+knows its checkpoint by :func:`fingerprint`, the recorded digest of its arrays and its
+normalization, never by its name or path.
 
 >>> import jax, tempfile
 >>> from sbjax import checkpoints, models
@@ -40,14 +42,15 @@ import numpy as np
 
 from sbjax import models
 
-__all__ = ["CheckpointError", "CheckpointInfo", "digest", "fingerprint", "locate", "read_info", "restore", "save",
-           "shipped"]  # fmt: skip
+__all__ = ["CheckpointError", "CheckpointInfo", "digest", "fingerprint", "home", "locate", "read_info", "restore",
+           "save", "shipped", "user_dir"]  # fmt: skip
 
 Variables = Any
 FORMAT = "sbjax-checkpoint/1"
 _VARIABLES, _INFO = "variables", "info"
 _FILES = "sbjax-files.json"  # sha256 of every file orbax wrote, checked before orbax reads any
-LOCAL = pathlib.Path("checkpoints")  # users' checkpoints, relative to the working directory
+HOME_ENV = "SBJAX_HOME"
+LOCAL = pathlib.Path("checkpoints")  # where `sbjax port` wrote before the user directory, relative to the working directory
 
 
 class CheckpointError(ValueError):
@@ -195,25 +198,53 @@ def shipped() -> dict[str, pathlib.Path]:
     return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir()} if folder.is_dir() else {}
 
 
-def locate(name: str | os.PathLike) -> pathlib.Path:
-    """The checkpoint folder ``name``: a folder, else ``checkpoints/NAME`` here, else a shipped one.
+def home() -> pathlib.Path:
+    """sbjax's user directory: ``$SBJAX_HOME``, else the user's data directory for sbjax.
 
-    ``checkpoints/NAME`` is relative to the working directory (``sbjax port``'s default output);
-    a shipped checkpoint (:func:`shipped`) is found wherever sbjax is installed.
+    The data directory is platformdirs' ``user_data_path("sbjax")`` where platformdirs is
+    installed, else ``$XDG_DATA_HOME/sbjax``, else ``~/.local/share/sbjax``.
+    """
+    if os.environ.get(HOME_ENV):
+        return pathlib.Path(os.environ[HOME_ENV]).expanduser()
+    try:
+        import platformdirs
+    except ImportError:
+        xdg = os.environ.get("XDG_DATA_HOME")
+        return (pathlib.Path(xdg) if xdg else pathlib.Path.home() / ".local" / "share") / "sbjax"
+    return pathlib.Path(platformdirs.user_data_path("sbjax"))
+
+
+def user_dir() -> pathlib.Path:
+    """The user checkpoint directory, ``home() / "checkpoints"``: ``sbjax port`` writes ``NAME`` there."""
+    return home() / "checkpoints"
+
+
+def locate(name: str | os.PathLike) -> pathlib.Path:
+    """The checkpoint folder ``name``: a folder, else ``NAME`` in the user directory, else a shipped one.
+
+    Looked up in order: ``name`` as a path; ``user_dir() / NAME`` (:func:`user_dir`, where
+    ``sbjax port`` writes); ``checkpoints/NAME`` under the working directory (where earlier
+    versions of ``sbjax port`` wrote); a checkpoint shipped inside the package (:func:`shipped`).
 
     Raises:
-        FileNotFoundError: none of these exists; the message lists the known names.
+        FileNotFoundError: none of these exists; the message lists where it looked and the names there.
     """
-    for candidate in (pathlib.Path(name).expanduser(), LOCAL / name):
+    places = (user_dir(), LOCAL)
+    for candidate in (pathlib.Path(name).expanduser(), *(place / name for place in places)):
         if candidate.is_dir():
             return candidate
     if str(name) in shipped():
         return shipped()[str(name)]
-    local = sorted(p.name for p in LOCAL.iterdir() if p.is_dir()) if LOCAL.is_dir() else []
+    looked = "; ".join(f"{place.resolve()} {_names(place)}" for place in places)
     raise FileNotFoundError(
-        f"no checkpoint {str(name)!r}: not a folder, nor one of {local} in {LOCAL.resolve()}, nor a shipped one "
-        f"({', '.join(shipped()) or 'none'}); `sbjax port NAME` converts pretrained weights into checkpoints/NAME"
+        f"no checkpoint {str(name)!r}: not a folder, nor in {looked}, nor a shipped one "
+        f"({', '.join(shipped()) or 'none'}); `sbjax port NAME` converts pretrained weights into "
+        f"{user_dir() / 'NAME'} (the user checkpoint directory: ${HOME_ENV}/checkpoints)"
     )
+
+
+def _names(folder: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
 
 def fingerprint(directory: str | os.PathLike) -> str:

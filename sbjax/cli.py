@@ -50,7 +50,7 @@ def _add_port(subparsers) -> None:
     p.add_argument("name", metavar="NAME", help="pretrained entry or model name")
     p.add_argument("--from", dest="source", metavar="PATH_OR_URL",
                    help="local .th/.pth file or http(s) address (default: the manifest's download address)")
-    p.add_argument("--out", metavar="DIR", help="checkpoint directory (default: checkpoints/NAME)")
+    p.add_argument("--out", metavar="DIR", help="checkpoint directory (default: NAME in the user checkpoint directory, $SBJAX_HOME/checkpoints)")
     p.add_argument("--force", action="store_true", help="overwrite an existing checkpoint directory")
     p.add_argument("--own-weights", action="store_true",
                    help="--from holds other weights for NAME's model (no sha256 check, no recorded normalization)")
@@ -60,10 +60,11 @@ def _add_port(subparsers) -> None:
 
 
 def _cmd_port(args: argparse.Namespace) -> int:
-    from sbjax import pretrained
+    from sbjax import checkpoints, pretrained
 
+    out = args.out if args.out is not None else checkpoints.user_dir() / args.name
     path, info = pretrained.port(
-        args.name, args.source, args.out, overwrite=args.force, timeout=args.timeout, own_weights=args.own_weights
+        args.name, args.source, out, overwrite=args.force, timeout=args.timeout, own_weights=args.own_weights
     )
     print(f"ported {info.name or info.model} ({info.model}, {info.num_classes} classes) from {info.source}")
     print(f"  sha256 {info.source_sha256}" + (" (verified against the manifest)" if info.name else " (not in the manifest: unverified)"))
@@ -84,7 +85,7 @@ def _add_metrics(subparsers) -> None:
     p.add_argument("--input-shape", help="H,W,C of one example, e.g. 224,224,3 (default: the model's)")
     p.add_argument(
         "--checkpoint",
-        help="checkpoint folder or name (checkpoints/NAME here, or shipped): its weights are "
+        help="checkpoint folder or name (in $SBJAX_HOME/checkpoints, from `sbjax port`, or shipped): its weights are "
         "pruned by --strategy, its classes and input shape are the defaults",
     )
     p.add_argument("--strategy", help="prune with this strategy first (see `sbjax strategies`); needs --compression")
@@ -265,7 +266,7 @@ def _add_eval(subparsers) -> None:
     p = subparsers.add_parser("eval", help="top-1, top-5 and loss of a checkpoint over a whole dataset split")
     p.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
     p.add_argument("--checkpoint", required=True,
-                   help="checkpoint folder, or a name: checkpoints/NAME here (from `sbjax port`) or a shipped one")
+                   help="checkpoint folder, or a name: in $SBJAX_HOME/checkpoints (from `sbjax port`) or a shipped one")
     p.add_argument("--dataset", required=True, help="dataset name, e.g. cifar10 or mnist5k (embedded, offline)")
     p.add_argument("--data-dir", help="local image folder split/class/*.jpg|png, or a tar/tar.gz archive of one")
     p.add_argument("--tfds-data-dir", help="tensorflow-datasets data directory (default: $TFDS_DATA_DIR)")
@@ -302,7 +303,7 @@ def _add_prune(subparsers) -> None:
     )
     p.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
     p.add_argument("--checkpoint",
-                   help="checkpoint folder or name (checkpoints/NAME here, or shipped; default: init from --seed)")
+                   help="checkpoint folder or name ($SBJAX_HOME/checkpoints or shipped; default: init from --seed)")
     p.add_argument("--strategy", required=True, help="pruning strategy (see `sbjax strategies`)")
     p.add_argument("--compression", required=True, type=float, help="target compression N_total / N_nonzero")
     p.add_argument("--dataset", help="score and evaluate on this dataset (test split); needed by gradient and "
