@@ -4,15 +4,22 @@ Decoding tens of thousands of JPEG or PNG files takes seconds to minutes; the de
 arrays are saved once as ``.npz`` under the cache directory and loaded from there afterwards.
 The key hashes everything the arrays depend on (the source's path and size and modification
 time, or its sha256 for archives, the split, the decoding options and a format version), so a
-changed source is decoded again rather than served stale.
+changed source is decoded again rather than served stale. A damaged entry (a truncated or
+otherwise unreadable ``.npz``) is decoded again and rewritten, with one warning. Entries are
+written through a temporary file that an error or a Ctrl-C removes, with the mode a plain
+``open`` gives (``0o666`` less the umask), so a shared cache is readable by its group.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+import warnings
+import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,13 +28,16 @@ import numpy as np
 from sbjax.data.arrays import ImageData
 
 CACHE_ENV = "SBJAX_CACHE_DIR"
+SHARED_CACHE_ENV = "SBJAX_CACHE"  # sbjax's cache as a whole (downloaded weights too)
 FORMAT_VERSION = 1
+_DAMAGED = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)  # np.load of a bad file
 
 
 def cache_dir() -> Path:
-    """The cache directory: ``$SBJAX_CACHE_DIR``, else ``$XDG_CACHE_HOME/sbjax`` or ``~/.cache/sbjax``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
+    """The cache directory: ``$SBJAX_CACHE_DIR``, else ``$SBJAX_CACHE``, else ``$XDG_CACHE_HOME/sbjax`` or ``~/.cache/sbjax``."""
+    for name in (CACHE_ENV, SHARED_CACHE_ENV):
+        if os.environ.get(name):
+            return Path(os.environ[name]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sbjax"
 
 
@@ -69,17 +79,35 @@ def cache_key(**parts: object) -> str:
 def save(path: Path, data: ImageData) -> None:
     """Writes ``data`` to ``path`` atomically (a reader never sees a half-written file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-        np.savez(
-            f, images=data.images, labels=data.labels, class_names=np.array(data.class_names),
-            mean=np.array(data.mean), std=np.array(data.std),
-        )
-    os.replace(f.name, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            np.savez(
+                f, images=data.images, labels=data.labels, class_names=np.array(data.class_names),
+                mean=np.array(data.mean), std=np.array(data.std),
+            )
+        os.replace(tmp, path)
+    except BaseException:  # a Ctrl-C too: never leave a large temporary file behind
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``os.umask`` is process-wide)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
 
 
 def load(path: Path) -> ImageData:
     """Reads an :class:`ImageData` written by :func:`save`."""
-    with np.load(path) as z:
+    with open(path, "rb") as f, np.load(f) as z:  # our own handle: np.load leaks its own on a bad zip
         return ImageData(
             z["images"], z["labels"], tuple(str(c) for c in z["class_names"]),
             tuple(float(m) for m in z["mean"]), tuple(float(s) for s in z["std"]),
@@ -92,8 +120,9 @@ def cached(key: str, build: Callable[[], ImageData], directory: Path | None = No
     if path.exists():
         try:
             return load(path)
-        except (OSError, ValueError, KeyError, EOFError):  # unreadable: decode again, overwrite
-            pass
+        except _DAMAGED as error:  # truncated or unreadable: decode again, overwrite
+            warnings.warn(f"cache file {str(path)!r} is damaged ({type(error).__name__}: {error}); decoding again",
+                          stacklevel=2)
     data = build()
     save(path, data)
     return data

@@ -3,16 +3,19 @@
 Class names are the sorted folder names found under any split, so labels agree across splits;
 images are ordered by label, then by file name. Decoded splits are cached (see
 :mod:`sbjax.data.cache`), keyed by the archive's sha256 or the folder's file list, sizes and
-modification times.
+modification times. Every error names its file: a truncated or corrupt archive, an image that
+does not decode, images of mixed sizes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +36,14 @@ def load_local(path: str | Path, split: str, spec: DatasetSpec, verbose: bool = 
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is not a folder or tar archive, has the wrong layout, or lacks ``split``.
+        ValueError: ``path`` is not a folder or tar archive, has the wrong layout, or lacks
+            ``split``; the archive is truncated or corrupt; an image does not decode or has
+            another size than the first.
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"data directory or archive {str(path)!r} does not exist")
-    if not path.is_dir() and not tarfile.is_tarfile(path):
+    if not path.is_dir() and not _is_tarfile(path):
         raise ValueError(f"{str(path)!r} is neither a directory nor a tar/tar.gz archive of {LAYOUT}")
     source = str(path.resolve()) if path.is_dir() else None  # an archive is known by its sha256
     key = cache.cache_key(source=source, fingerprint=cache.fingerprint(path), split=split,
@@ -53,8 +58,9 @@ def _decode_split(path: Path, split: str, spec: DatasetSpec, verbose: bool) -> I
     if not chosen:
         found = sorted({s for s, _, _ in entries})
         raise ValueError(f"split {split!r} not found in {str(path)!r}; splits found: {', '.join(found)}")
-    blobs = _read_blobs(path, [name for _, name in chosen])
-    images = decode_all(blobs, len(chosen), spec.stored_size, f"{path.name} {split}" if verbose else None)
+    names = [name for _, name in chosen]
+    shown = names if path.is_dir() else [f"{path}:{name}" for name in names]
+    images = decode_all(_read_blobs(path, names), shown, spec.stored_size, f"{path.name} {split}" if verbose else None)
     labels = np.array([label for label, _ in chosen], np.int32)
     return ImageData(images, labels, classes, spec.mean, spec.std)
 
@@ -75,8 +81,23 @@ def _folder_entries(root: Path) -> list[Entry]:
     return entries
 
 
+@contextlib.contextmanager
+def _archive_errors(path: Path) -> Iterator[None]:
+    """Turns the errors of reading a damaged tar or tar.gz into one that names the archive."""
+    try:
+        yield
+    except (EOFError, OSError, tarfile.TarError, zlib.error) as error:
+        raise ValueError(f"archive {str(path)!r} is truncated or corrupt ({type(error).__name__}: {error}); "
+                         "copy or download it again") from None
+
+
+def _is_tarfile(path: Path) -> bool:
+    with _archive_errors(path):
+        return tarfile.is_tarfile(path)
+
+
 def _archive_entries(path: Path) -> list[Entry]:
-    with tarfile.open(path) as tar:
+    with _archive_errors(path), tarfile.open(path) as tar:
         names = [m.name for m in tar.getmembers() if m.isfile()]
     entries = [e for n in names if (e := _split_layout(n, n.strip("/").split("/")))]
     tops = {tuple(n.strip("/").split("/")[:-3]) for _, _, n in entries}
@@ -91,7 +112,7 @@ def _read_blobs(path: Path, names: list[str]) -> Iterator[tuple[int, bytes]]:
         yield from ((i, Path(n).read_bytes()) for i, n in enumerate(names))
         return
     position = {n: i for i, n in enumerate(names)}
-    with tarfile.open(path) as tar:
+    with _archive_errors(path), tarfile.open(path) as tar:
         for member in tar:
             if member.name in position:
                 yield position[member.name], tar.extractfile(member).read()
@@ -117,25 +138,33 @@ def decode_image(blob: bytes, stored_size: int | None = None, gray: bool = False
 
 
 def decode_all(
-    blobs: Iterable[tuple[int, bytes]], total: int, stored_size: int | None, label: str | None
+    blobs: Iterable[tuple[int, bytes]], names: Sequence[str], stored_size: int | None, label: str | None
 ) -> np.ndarray:
-    """Decodes ``total`` images of one size into one array at the given positions.
+    """Decodes ``len(names)`` images of one size into one array at the given positions.
 
-    Prints progress on stderr if ``label`` is given. The first image decides between grayscale
+    ``names[i]`` names the file of position ``i`` in errors. Prints progress on stderr if
+    ``label`` is given. The first image decided (in ``blobs``' order) decides between grayscale
     (one channel) and RGB.
+
+    Raises:
+        ValueError: An image does not decode, or has another shape than the first.
     """
-    report = progress(total, label)
-    images, gray = None, False
+    report = progress(len(names), label)
+    images, gray, first = None, False, ""
     for done, (i, blob) in enumerate(blobs, 1):
+        try:
+            if images is None:
+                with Image.open(io.BytesIO(blob)) as opened:
+                    gray = opened.mode in ("L", "1", "I;16", "I")
+            image = decode_image(blob, stored_size, gray)
+        except (OSError, SyntaxError, ValueError, zlib.error) as error:  # PIL's errors for damaged files
+            raise ValueError(f"cannot decode image {names[i]!r} ({type(error).__name__}: {error})") from None
         if images is None:
-            with Image.open(io.BytesIO(blob)) as first:
-                gray = first.mode in ("L", "1", "I;16", "I")
-        image = decode_image(blob, stored_size, gray)
-        if images is None:
-            images = np.empty((total, *image.shape), np.uint8)
+            images, first = np.empty((len(names), *image.shape), np.uint8), names[i]
         if image.shape != images.shape[1:]:
-            raise ValueError(f"image {i} has shape {image.shape}, expected {images.shape[1:]} like the first; "
-                             "images of varying size need a dataset with a stored size (e.g. imagenette)")
+            raise ValueError(f"image {i} has shape {image.shape} ({names[i]!r}), expected {images.shape[1:]} like "
+                             f"the first ({first!r}); images of varying size need a dataset with a stored size "
+                             "(e.g. imagenette)")
         images[i] = image
         report(done)
     return images
