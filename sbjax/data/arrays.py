@@ -87,12 +87,18 @@ def train_val_split(data: ImageData, val_size: int | float, seed: int = 0) -> tu
 
 
 def stratified_subset(data: ImageData, size: int | None, seed: int = 0) -> ImageData:
-    """A fixed, class-balanced subset of ``size`` examples (all of them if ``size`` is None or >= N).
+    """A fixed, class-balanced subset of ``size`` examples (all of them if ``size`` is None or N).
 
     The same ``(size, seed)`` always selects the same examples (see :func:`stratified_split`), so
     a scaled-down evaluation is reproducible and can be repeated by ``sbjax eval --subset``.
+
+    Raises:
+        ValueError: ``size`` is not a positive count, or is larger than the split.
     """
-    if size is None or size >= len(data.labels):
+    if size is not None and size > len(data.labels):
+        raise ValueError(f"a subset of {size} examples is larger than the split ({len(data.labels)} examples); "
+                         f"ask for at most {len(data.labels)}, or for no subset to use the whole split")
+    if size is None or size == len(data.labels):
         return data
     if size < 1:
         raise ValueError(f"subset size must be a positive count, got {size!r}")
