@@ -20,6 +20,17 @@ class TinyCNN(nn.Module):
         return nn.Dense(3, name="head")(x)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_sbjax_dirs(tmp_path_factory):
+    """The cache (``$SBJAX_CACHE``) and user directory (``$SBJAX_HOME``) of the whole session are
+    temporary: tests, and the commands they start, never touch the user's own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("SBJAX_CACHE_DIR", raising=False)
+        patch.setenv("SBJAX_CACHE", str(tmp_path_factory.mktemp("sbjax-cache")))
+        patch.setenv("SBJAX_HOME", str(tmp_path_factory.mktemp("sbjax-home")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_cnn():
     model = TinyCNN()
