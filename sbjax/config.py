@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sbjax import optim
+from sbjax import schedules as schedules_lib
 
 __all__ = ["SCORING", "ConfigError", "ExperimentConfig", "SweepConfig", "finetune_settings", "load_sweep", "parse_set",
            "shipped"]
@@ -47,6 +48,13 @@ def finetune_settings(preset: str, finetune: Iterable[tuple[str, Any]]) -> optim
     """The preset named ``preset`` with the ``(key, value)`` overrides applied."""
     try:
         return optim.override(optim.preset(preset), dict(finetune))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _schedule(value: Any) -> schedules_lib.Schedule:
+    try:
+        return schedules_lib.parse(value)
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
@@ -78,6 +86,9 @@ class ExperimentConfig:
         score_batch: batch size for gradient/activation scores (``None``: the finetuning batch size).
         scoring: ``"eval"`` or ``"train"``: the model's mode when gradient and activation
             scores are computed.
+        schedule: when the masks are made and changed (``sbjax.schedules``): a name such as
+            ``"gradual"``, a ``{"name": ..., setting: value}`` mapping, or a schedule value;
+            stored as the value.
         checkpoint_fingerprint: resolved: the checkpoint's recorded array digest and normalization
             (``sbjax.checkpoints.fingerprint``).
         data_fingerprint: resolved: what identifies the data's contents (``sbjax.setups.data_fingerprint``).
@@ -96,11 +107,13 @@ class ExperimentConfig:
     finetune: tuple[tuple[str, Any], ...] = ()
     score_batch: int | None = None
     scoring: str = "eval"
+    schedule: Any = schedules_lib.DEFAULT
     checkpoint_fingerprint: str | None = None
     data_fingerprint: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "finetune", _freeze(self.finetune))
+        object.__setattr__(self, "schedule", _schedule(self.schedule))
         object.__setattr__(self, "compression", float(self.compression))
         if self.test_size is not None and (not isinstance(self.test_size, int) or self.test_size < 1):
             raise ConfigError(f"test_size must be a positive count or null, got {self.test_size!r}")
@@ -121,7 +134,9 @@ class ExperimentConfig:
         """What the id hashes: every field a result depends on, resolved.
 
         The preset's name and the overrides enter as the settings they resolve to, the
-        checkpoint and the data as their fingerprints; names and paths do not.
+        checkpoint and the data as their fingerprints; names and paths do not. The schedule
+        enters with its settings, except the default ``oneshot``, which leaves the ids of
+        results made before schedules existed unchanged.
 
         Raises:
             ConfigError: the checkpoint or the data source is not resolved yet.
@@ -138,6 +153,7 @@ class ExperimentConfig:
             strategy=self.strategy, compression=self.compression, seed=self.seed, val_size=self.val_size,
             test_size=self.test_size, score_batch=self.score_batch or settings.batch_size, scoring=self.scoring,
             finetune=dataclasses.asdict(settings),
+            schedule=None if self.schedule == schedules_lib.DEFAULT else _schedule_identity(self.schedule),
         )  # fmt: skip
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -154,7 +170,14 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         """The fields, with the overrides as a mapping and the resolved settings."""
         settings = dataclasses.asdict(self.settings)
-        return dataclasses.asdict(self) | {"finetune": dict(self.finetune), "settings": settings}
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return fields | {"finetune": dict(self.finetune), "settings": settings,
+                         "schedule": schedules_lib.spec(self.schedule)}  # fmt: skip
+
+
+def _schedule_identity(schedule: schedules_lib.Schedule) -> dict[str, Any]:
+    """Every setting of a schedule, defaults included (a later change of a default changes the id)."""
+    return {"name": schedule.name, **dataclasses.asdict(schedule)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +188,7 @@ class SweepConfig:
     every strategy's curve. ``checkpoints`` maps a model name to its checkpoint; ``scoring``
     and the finetuning settings are those of ``ExperimentConfig``. ``models_per_job``
     finetunes up to that many experiments of one model together
-    (``sbjax.finetune_many``); it changes neither the results nor the experiment ids.
+    (``sbjax.finetune.finetune_many``); it changes neither the results nor the experiment ids.
     """
 
     datasets: tuple[str, ...]
@@ -183,15 +206,17 @@ class SweepConfig:
     scoring: str = "eval"
     name: str = "sweep"
     models_per_job: int = 1
+    schedules: tuple[Any, ...] = (schedules_lib.DEFAULT,)
 
     def __post_init__(self):
-        for field in ("datasets", "models", "strategies", "compressions", "seeds"):
+        for field in ("datasets", "models", "strategies", "compressions", "seeds", "schedules"):
             value = getattr(self, field)
-            if isinstance(value, (str, int, float)):
+            if isinstance(value, (str, int, float, Mapping)):
                 value = (value,)
             if not value:
                 raise ConfigError(f"sweep {field} is empty; expected at least one value")
             object.__setattr__(self, field, tuple(value))
+        object.__setattr__(self, "schedules", tuple(dict.fromkeys(_schedule(s) for s in self.schedules)))
         checkpoints = self.checkpoints.items() if isinstance(self.checkpoints, Mapping) else self.checkpoints
         object.__setattr__(self, "checkpoints", tuple(sorted(tuple(p) for p in checkpoints)))
         object.__setattr__(self, "finetune", _freeze(self.finetune))
@@ -209,9 +234,13 @@ class SweepConfig:
         for dataset in self.datasets:
             for model in self.models:
                 base = dict(common, dataset=dataset, model=model, checkpoint=checkpoints.get(model))
-                out += [ExperimentConfig(strategy=REFERENCE, compression=1, seed=s, **base) for s in self.seeds]
+                references = dict.fromkeys(schedules_lib.AtInit() if sc.scratch else schedules_lib.DEFAULT
+                                           for sc in self.schedules)  # fmt: skip
+                out += [ExperimentConfig(strategy=REFERENCE, compression=1, seed=s, schedule=ref, **base)
+                        for ref in references for s in self.seeds]  # fmt: skip
                 out += [
-                    ExperimentConfig(strategy=st, compression=c, seed=s, **base)
+                    ExperimentConfig(strategy=st, compression=c, seed=s, schedule=sc, **base)
+                    for sc in self.schedules
                     for st in self.strategies
                     for c in self.compressions
                     if float(c) != 1.0

@@ -2,8 +2,8 @@
 
 One training epoch, validation sums and scores, early stopping, progress output and the
 per-epoch checkpoint store, for one model (a key of shape ``()``, scalar results) or K stacked
-models (keys of shape ``(K,)``, per-model results). ``sbjax.finetune`` and
-``sbjax.finetune_many`` build their loops from these.
+models (keys of shape ``(K,)``, per-model results). ``sbjax.finetune`` builds its one loop
+from these.
 """
 
 from __future__ import annotations
@@ -110,11 +110,13 @@ def _fold_in(key: jax.Array, data: int) -> jax.Array:
 
 def train_epoch(step: train_lib.TrainStep, state: train_lib.TrainState, data: tuple[jax.Array, jax.Array],
                 key: jax.Array, epoch: int, settings: FinetuneConfig, transform: Transform, progress: Progress,
-                epochs: int) -> tuple[train_lib.TrainState, tuple[jax.Array, jax.Array, int]]:  # fmt: skip
+                epochs: int, updates: Any = None) -> tuple[train_lib.TrainState, tuple[jax.Array, jax.Array, int]]:  # fmt: skip
     """One epoch of one model (``key`` of shape ``()``) or of K stacked models (``key`` (K,)).
 
     Batch orders and augmentation derive from ``fold_in(key, 0)``, dropout from
-    ``fold_in(key, 1)``; ``epochs`` is only shown in the progress bar.
+    ``fold_in(key, 1)``; ``epochs`` is only shown in the progress bar. ``updates``
+    (``sbjax.finetune.MaskUpdates``) changes the masks before the steps it names, counted
+    from the first step of the run (epoch ``e``'s step ``i`` is ``e * steps + i``).
 
     Returns:
         The state and ``(summed loss, summed top-1 count, steps)``, per model for K models.
@@ -126,6 +128,8 @@ def train_epoch(step: train_lib.TrainStep, state: train_lib.TrainState, data: tu
     dropout = _fold_in(_fold_in(key, 1), epoch)
     batches = epoch_batches(images, labels, _fold_in(key, 0), epoch, settings.batch_size, transform)
     for i, (x, y) in enumerate(itertools.islice(batches, steps)):
+        if updates is not None and epoch * steps + i in updates.steps:
+            state = updates.update(epoch * steps + i, state)
         state, metrics = step(state, x, y, _fold_in(dropout, i))
         loss, top1 = loss + metrics["loss"], top1 + metrics["top1"]
         progress.step(epoch + 1, epochs, i + 1, steps)

@@ -10,13 +10,19 @@ A sweep runs the experiments of a grid that are not finished yet, sharing the lo
 model between experiments of the same (dataset, model, checkpoint), and writes each result as
 soon as it exists: killing a sweep loses at most the experiment in progress. Its experiments are
 resolved first (``sbjax.setups.resolve_all``): their ids hash their checkpoints' and data's
-fingerprints. With ``models_per_job`` K > 1, up to K experiments of one setup are finetuned
-together as one job (``sbjax.finetune_many``), with the rows of one-by-one runs.
+fingerprints. With ``models_per_job`` K > 1, up to K experiments of one setup and schedule are
+trained together as one job (``sbjax.finetune.finetune_many``), with the rows of one-by-one runs.
+
+A schedule (``sbjax.schedules``) decides when masks are made and changed: once before
+finetuning (``oneshot``, the default), during training (``gradual``, ``set``, ``rigl``), on a
+fresh initialization (``at_init``), or over rounds with rewinding (``iterative``, one row per
+round). The runner gives it the strategy and the data through ``sbjax.schedules.Context``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import shutil
@@ -29,6 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from sbjax import checkpoints
 from sbjax import compression as compression_lib
@@ -38,9 +45,12 @@ from sbjax import metrics as metrics_lib
 from sbjax import models, scoring, strategies
 from sbjax.config import REFERENCE, ExperimentConfig, SweepConfig
 from sbjax.evaluate import evaluate
-from sbjax.finetune import finetune
-from sbjax.finetune_many import finetune_many
-from sbjax.optim import FinetuneConfig
+from sbjax import schedules as schedules_lib
+from sbjax import stacked
+from sbjax.epochs import EpochStore, variables_of
+from sbjax.finetune import MaskUpdates, finetune_many, total_steps
+from sbjax.optim import FinetuneConfig, make_optimizer
+from sbjax.schedules import Context
 from sbjax.results import Store
 from sbjax.seeds import experiment_keys
 from sbjax.setups import NO_DATA, Setup, prepare, resolve, resolve_all, setup_key
@@ -68,7 +78,7 @@ def _scoring_batch(setup: Setup, key: jax.Array, size: int) -> tuple[jax.Array, 
 @functools.lru_cache(maxsize=64)
 def _jitted(strategy: strategies.Strategy | strategies.FunctionStrategy):
     """The strategy, jitted once: fractions, keys and params are traced, so it compiles once per shape."""
-    return jax.jit(strategy, static_argnames=("selection",))
+    return jax.jit(strategy, static_argnames=("selection", "input_shape"))
 
 
 @functools.lru_cache(maxsize=16)
@@ -89,31 +99,73 @@ def _scoring_fn(model: Any, mode: str, needs: frozenset[str]):
     return jax.jit(inputs)
 
 
-def make_mask(setup: Setup, config: ExperimentConfig) -> Mask:
+def make_mask(setup: Setup, config: ExperimentConfig, *, variables: Variables | None = None,
+              fraction: Any = None, mask: Mask | None = None, step: int = 0) -> Mask:  # fmt: skip
     """The mask of ``config.strategy`` at ``config.compression`` (all ones for the reference).
 
     The strategy gets exactly the inputs it declares: gradients and activations of one training
     batch drawn with the seed's score key (batch norm in ``config.scoring`` mode), the seed's mask
-    key; the selection is the setup's, resolved from the model's forward pass.
+    key; the selection is the setup's, resolved from the model's forward pass. A schedule asks
+    for other ``variables`` (the weights being trained), a kept ``fraction`` of the prunable
+    entries, a ``mask`` whose pruned entries stay pruned, and a ``step``: from step 1 on, the
+    batch and the key are the seed's folded with the step.
     """
-    params = setup.variables["params"]
+    variables = setup.variables if variables is None else variables
+    params = variables["params"]
     if config.strategy == REFERENCE:
         return masks_lib.ones_like(params)
     strategy = strategies.resolve(config.strategy)
     selection = setup.selection
-    fraction = jnp.float32(compression_lib.fraction_for(config.compression, params, selection))
-    keys = experiment_keys(config.seed)
+    if fraction is None:
+        fraction = compression_lib.fraction_for(config.compression, params, selection)
+    keys = {name: key if step == 0 else jax.random.fold_in(key, step) for name, key in experiment_keys(config.seed).items()}
     grads = activations = None
     data_needs = frozenset(strategy.needs & {"grads", "activations"})
     if data_needs:
-        if config.dataset == NO_DATA:
-            raise ValueError(f"strategy {config.strategy!r} scores {' and '.join(sorted(data_needs))} on a batch of "
-                             "training data; give a dataset (--dataset)")  # fmt: skip
-        size = config.score_batch or config.settings.batch_size
-        x, y = _scoring_batch(setup, keys["score"], size)
-        grads, activations = _scoring_fn(setup.model, config.scoring, data_needs)(setup.variables, x, y, keys["score"])
+        _check_data(config, data_needs)
+        x, y = _scoring_batch(setup, keys["score"], config.score_batch or config.settings.batch_size)
+        grads, activations = _scoring_fn(setup.model, config.scoring, data_needs)(variables, x, y, keys["score"])
     key = keys["mask"] if "key" in strategy.needs else None
-    return _jitted(strategy)(params, grads, fraction, key=key, activations=activations, selection=selection)
+    extra = {}
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    if "loss" in strategy.needs:
+        _check_data(config, frozenset({"loss"}))
+        x, y = _scoring_batch(setup, keys["score"], config.score_batch or config.settings.batch_size)
+        extra["loss"] = jax.tree_util.Partial(_loss_of(setup.model, config.scoring), rest, x, y)
+    if "apply" in strategy.needs:
+        extra.update(apply=jax.tree_util.Partial(_apply_of(setup.model), rest), input_shape=tuple(setup.input_shape))
+    return _jitted(strategy)(params, grads, jnp.float32(fraction), key=key, activations=activations, mask=mask,
+                             selection=selection, **extra)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=16)
+def _loss_of(model: Any, mode: str):
+    """``loss(rest, x, y, params)``: the mean cross-entropy of one batch (one function per model and mode)."""
+
+    def loss(rest, x, y, params):
+        return scoring.cross_entropy(scoring.make_apply_fn(model, {**rest, "params": params}, mode=mode)(params, x), y)
+
+    return loss
+
+
+@functools.lru_cache(maxsize=16)
+def _apply_of(model: Any):
+    """``apply(rest, params, x)``: the logits in eval mode (one function per model)."""
+    return lambda rest, params, x: model.apply({**rest, "params": params}, x, train=False)
+
+
+def _check_data(config: ExperimentConfig, needs: frozenset[str]) -> None:
+    if config.dataset == NO_DATA:
+        raise ValueError(f"strategy {config.strategy!r} scores {' and '.join(sorted(needs))} on a batch of "
+                         "training data; give a dataset (--dataset)")  # fmt: skip
+
+
+def dense_gradients(setup: Setup, config: ExperimentConfig, variables: Variables, step: int) -> Any:
+    """Gradients of the loss for every param (pruned ones too) on a training batch for ``step``."""
+    _check_data(config, frozenset({"grads"}))
+    key = jax.random.fold_in(experiment_keys(config.seed)["score"], step)
+    x, y = _scoring_batch(setup, key, config.score_batch or config.settings.batch_size)
+    return _scoring_fn(setup.model, config.scoring, frozenset({"grads"}))(variables, x, y, key)[0]
 
 
 def efficiency(setup: Setup, mask: Mask) -> dict[str, float]:
@@ -130,80 +182,216 @@ def accuracy(setup: Setup, variables: Variables, data: data_lib.ImageData) -> di
     return {k: scores[k] for k in ("top1", "top5", "loss")}
 
 
-def _finetune(setup: Setup, config: ExperimentConfig, variables: Variables, mask: Mask, folder: Path | None):
-    """Finetunes with the mask held; returns ``(selected variables, per-epoch log, epochs run)``."""
-    settings = config.settings
-    if settings.epochs == 0:
-        return variables, [], 0
-    key = experiment_keys(config.seed)["finetune"]
-    result = finetune(setup.model, variables, mask, setup.train, setup.val, settings, key,
-                      transform_train=setup.transform(True), transform_eval=setup.transform(False),
-                      checkpoint_dir=None if folder is None else folder / "finetune")  # fmt: skip
-    return result.variables, result.history, result.epochs
+def fresh_variables(setup: Setup, key: jax.Array) -> Variables:
+    """The model's initialization from ``key`` (the pretrained weights' shapes, not their values)."""
+    x = jnp.zeros((1, *setup.input_shape), jnp.float32)
+    return _init_fn(setup.model)(key, x)
 
 
-def _finetune_many(setup: Setup, configs: Sequence[ExperimentConfig], variables: Sequence[Variables],
-                   masks: Sequence[Mask], folder: Path | None) -> list[tuple]:  # fmt: skip
-    """``_finetune`` of experiments sharing a finetuning setup, as one many-models job."""
-    settings = configs[0].settings
+@functools.lru_cache(maxsize=16)
+def _init_fn(model: Any):
+    return jax.jit(lambda key, x: model.init(key, x, train=False))
+
+
+def _start(setup: Setup, config: ExperimentConfig) -> Variables:
+    """The weights an experiment starts from: the setup's, or the seed's initialization for a
+    schedule that trains from scratch (a setup without checkpoint has those already)."""
+    if config.schedule.scratch and config.checkpoint is not None:
+        return fresh_variables(setup, experiment_keys(config.seed)["init"])
+    return setup.variables
+
+
+def _masked(variables: Variables, mask: Mask) -> Variables:
+    return {**variables, "params": masks_lib.apply_mask(variables["params"], mask)}
+
+
+@functools.lru_cache(maxsize=8)
+def _with_masks(optimizer: Any):
+    """``(state, masks) -> state`` with new stacked masks: params masked, moments of weights that
+    were not kept by both the old and the new mask zeroed (grown weights start afresh)."""
+    tx = make_optimizer(optimizer)
+
+    def replace(state, masks):
+        both = masks_lib.combine(state.mask, masks)
+        opt_state = optax.tree_utils.tree_map_params(tx, lambda v, m: v * m.astype(v.dtype), state.opt_state, both)
+        return state.replace(params=masks_lib.apply_mask(state.params, masks), opt_state=opt_state, mask=masks)
+
+    return jax.jit(replace)
+
+
+def _updates(schedule, contexts, settings: FinetuneConfig, capture: Callable | None, capture_step: int | None):
+    """The loop's :class:`MaskUpdates` for a schedule (and a rewind point to capture), or ``None``."""
+    total = contexts[0].total
+    steps = set(schedule.steps(total)) | ({capture_step} if capture is not None else set())
+    if not steps:
+        return None
+
+    def update(step, state):
+        if capture is not None and step == capture_step:
+            capture(variables_of(state))
+        if step not in schedule.steps(total):
+            return state
+        new = [schedule.update(step, ctx, stacked.index(variables_of(state), i), stacked.index(state.mask, i))
+               for i, ctx in enumerate(contexts)]  # fmt: skip
+        return _with_masks(settings.optimizer)(state, stacked.stack(new))
+
+    name = schedule.describe() + (f", weights captured at step {capture_step}" if capture is not None else "")
+    return MaskUpdates(frozenset(steps), update, schedule.final(total), name)
+
+
+def _context(setup: Setup, config: ExperimentConfig, fraction: float, total: int, round_: int) -> Context:
+    prune = lambda variables, f, mask, step: make_mask(setup, config, variables=variables, fraction=f,  # noqa: E731
+                                                       mask=mask, step=step)  # fmt: skip
+    grads = functools.partial(dense_gradients, setup, config)
+    key = jax.random.fold_in(experiment_keys(config.seed)["schedule"], round_)
+    return Context(fraction, total, prune, grads, key, setup.selection)
+
+
+@dataclasses.dataclass
+class _Job:
+    """The experiments of one job between rounds."""
+
+    configs: list[ExperimentConfig]
+    start: list[Variables]  # the weights the first training starts from
+    trained: list[Variables]  # what the next round prunes
+    masks: list[Mask | None]  # the last round's masks
+    rewind: list[Variables] | None = None  # the weights rounds after the first start from
+    rows: list[list[dict[str, Any]]] = dataclasses.field(default_factory=list)
+
+
+def _train(setup: Setup, job: _Job, variables: list[Variables], masks: list[Mask], updates, folder: Path | None):
+    """Trains the job's models from ``variables`` with ``masks``; ``(variables, history, epochs, mask)`` each."""
+    settings = job.configs[0].settings
     if settings.epochs == 0:
-        return [(v, [], 0) for v in variables]
+        return [(_masked(v, m), [], 0, m) for v, m in zip(variables, masks)]
     results = finetune_many(setup.model, variables, masks, setup.train, setup.val, settings,
-                            [experiment_keys(config.seed)["finetune"] for config in configs],
+                            [experiment_keys(config.seed)["finetune"] for config in job.configs],
                             transform_train=setup.transform(True), transform_eval=setup.transform(False),
-                            checkpoint_dir=folder)  # fmt: skip
-    return [(r.variables, r.history, r.epochs) for r in results]
+                            updates=updates, checkpoint_dir=folder,
+                            execution="sequential" if len(variables) == 1 else "auto")  # fmt: skip
+    return [(r.variables, r.history, r.epochs, r.mask) for r in results]
 
 
-def _prune(setup: Setup, config: ExperimentConfig) -> tuple[Mask, Variables, dict[str, float]]:
-    """The mask, the pruned variables and their test accuracy."""
-    mask = make_mask(setup, config)
-    pruned = {**setup.variables, "params": masks_lib.apply_mask(setup.variables["params"], mask)}
-    return mask, pruned, accuracy(setup, pruned, setup.test)
+def _round(setup: Setup, job: _Job, r: int, fractions: list[tuple[float, ...]], folder: Path | None,
+           job_folder: Path | None) -> list[dict]:  # fmt: skip
+    """Round ``r`` of the job (0: the dense training before iterative pruning from scratch).
+
+    Weights captured for rewinding are saved in ``job_folder`` (when given) the moment they are
+    taken, so a job killed later in the first training resumes with them.
+    """
+    schedule, configs = job.configs[0].schedule, job.configs
+    total = total_steps(configs[0].settings, len(setup.train.labels))
+    start = time.perf_counter()
+    contexts = [_context(setup, c, f[max(r, 1) - 1], total, r) for c, f in zip(configs, fractions)]
+    if r == 0:
+        masks = [masks_lib.ones_like(v["params"]) for v in job.trained]
+    else:
+        masks = [schedule.start(ctx, v, m) for ctx, v, m in zip(contexts, job.trained, job.masks)]
+    if r <= 1 or job.rewind is None:
+        weights = list(job.start)
+    else:
+        weights = list(job.rewind)
+    for i, config in enumerate(configs):
+        if r >= 1 and config.strategy != REFERENCE and getattr(strategies.resolve(config.strategy), "reinit", False):
+            weights[i] = fresh_variables(setup, experiment_keys(config.seed)["reinit"])
+    before = [accuracy(setup, _masked(v, m), setup.test) for v, m in zip(weights, masks)]
+    captured: list = []
+    first = r == 0 or (r == 1 and job.rewind is None)
+    capture_step = schedule.rewind if isinstance(schedule.rewind, int) and first else None
+    store = None if job_folder is None or capture_step is None else EpochStore(job_folder / "rewind", f"step {capture_step}")
+    saved = None if store is None else store.restore(stacked.stack(weights))
+    if saved is not None:
+        captured.append(saved[0])
+
+    def capture(variables):
+        if not captured:
+            captured.append(jax.tree.map(jnp.copy, variables))
+            if store is not None:
+                store.save(capture_step, captured[0], {})
+
+    capture = capture if capture_step is not None else None
+    updates = _updates(schedule if r >= 1 else schedules_lib.DEFAULT, contexts, configs[0].settings, capture, capture_step)
+    prepared = time.perf_counter() - start
+    start = time.perf_counter()
+    trained = _train(setup, job, weights, masks, updates, folder)
+    share = (time.perf_counter() - start) / len(configs)
+    if captured:
+        job.rewind = stacked.unstack(captured[0])
+    elif r == 0 or (r == 1 and job.rewind is None and schedule.rewind == "init"):
+        job.rewind = list(job.start)
+    rows = []
+    for i, (config, (variables, history, epochs, mask)) in enumerate(zip(configs, trained)):
+        if epochs == 0 and r >= 1 and schedule.final(total) > 0:  # no training: the final mask at once
+            mask = contexts[i].prune(variables, contexts[i].fraction, mask, 0)
+            variables = _masked(variables, mask)
+        job.trained[i], job.masks[i] = variables, mask
+        if r >= 1:
+            rows.append(_row(setup, config, mask, before[i], (variables, history, epochs), r,
+                             prepared / len(configs) + share))  # fmt: skip
+    return rows
 
 
 def _row(setup: Setup, config: ExperimentConfig, mask: Mask, before: dict[str, float], finetuned: tuple,
-         start: float) -> dict[str, Any]:  # fmt: skip
-    """The result row, from the finetuning's ``(variables, history, epochs)``; ``start`` times it."""
+         round_: int, seconds: float) -> dict[str, Any]:  # fmt: skip
+    """The result row of one round, from the training's ``(variables, history, epochs)``."""
     after_vars, history, epochs = finetuned
     after = before if epochs == 0 else accuracy(setup, after_vars, setup.test)
-    val = max((h["val_top1"] for h in history), default=None)
+    val = max((h["val_top1"] for h in history if h.get("final", True)), default=None)
     return dict(
         experiment_id=config.id, dataset=config.dataset, model=config.model, checkpoint=config.checkpoint,
-        strategy=config.strategy, compression=config.compression, seed=config.seed, preset=config.preset,
+        strategy=config.strategy, schedule=config.schedule.describe(), round=round_,
+        compression=config.schedule.compressions(config.compression)[round_ - 1], seed=config.seed, preset=config.preset,
         **efficiency(setup, mask),
         pre_top1=before["top1"], pre_top5=before["top5"], pre_loss=before["loss"],
         top1=after["top1"], top5=after["top5"], loss=after["loss"], val_top1=val, epochs=epochs,
-        wall_time=time.perf_counter() - start, history=history,
+        wall_time=seconds, history=[{**h, "round": round_} for h in history] if round_ > 1 else history,
     )  # fmt: skip
 
 
-def run_experiment(setup: Setup, config: ExperimentConfig, folder: Path | None = None) -> dict[str, Any]:
-    """Runs one experiment on a prepared setup and returns its result row."""
-    start = time.perf_counter()
-    config = resolve(config)
-    mask, pruned, before = _prune(setup, config)
-    return _row(setup, config, mask, before, _finetune(setup, config, pruned, mask, folder), start)
+def _fraction(setup: Setup, config: ExperimentConfig, compression: float) -> float:
+    """The kept fraction of the prunable entries (a float32 value) that reaches ``compression``."""
+    if config.strategy == REFERENCE:
+        return 1.0
+    return float(jnp.float32(compression_lib.fraction_for(compression, setup.variables["params"], setup.selection)))
 
 
 def run_experiments(setup: Setup, configs: Sequence[ExperimentConfig], folder: Path | None = None) -> list[dict[str, Any]]:
-    """Runs experiments sharing a finetuning setup, finetuned as one many-models job.
+    """Runs experiments sharing a setup, a finetuning setup and a schedule, trained as one job.
 
-    The rows equal ``run_experiment``'s (timings aside); each ``wall_time`` is the experiment's
-    own pruning and evaluation time plus its share of the job's finetuning.
+    Returns one row per experiment: its last round's, with the earlier rounds' rows (iterative
+    pruning) under ``"rounds"``. The rows equal those of one-by-one runs (timings aside); each
+    ``wall_time`` is the experiment's own pruning and evaluation time plus its share of the
+    job's training. With a ``folder``, training checkpoints go under it and a killed job
+    resumes the round it was in.
     """
     configs = resolve_all(configs)
-    spent, masks, pruned, before = [], [], [], []
-    for config in configs:
-        start = time.perf_counter()
-        for into, value in zip((masks, pruned, before), _prune(setup, config)):
-            into.append(value)
-        spent.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    finetuned = _finetune_many(setup, configs, pruned, masks, folder)
-    share = (time.perf_counter() - start) / len(configs)
-    return [_row(setup, config, mask, b, f, time.perf_counter() - s - share)
-            for config, mask, b, f, s in zip(configs, masks, before, finetuned, spent)]  # fmt: skip
+    schedule = configs[0].schedule
+    if any(c.schedule != schedule for c in configs):
+        raise ValueError("the experiments of one job must share a schedule")
+    starts = [_start(setup, c) for c in configs]
+    job = _Job(list(configs), starts, list(starts), [None] * len(configs), rows=[[] for _ in configs])
+    targets = schedule.compressions(configs[0].compression)
+    fractions = [tuple(_fraction(setup, c, t) for t in schedule.compressions(c.compression)) for c in configs]
+    dense_first = schedule.rewind is not None and (schedule.scratch or configs[0].checkpoint is None)
+    rounds = list(range(0 if dense_first else 1, len(targets) + 1))
+    single = rounds == [1]
+    for r in rounds:
+        sub = None if folder is None else (folder if single else folder / f"round-{r}")
+        for rows, row in zip(job.rows, _round(setup, job, r, fractions, sub, folder)):
+            rows.append(row)
+    out = []
+    for rows in job.rows:
+        last = rows[-1]
+        if len(rows) > 1:
+            last = {**last, "history": [h for row in rows for h in row["history"]],
+                    "rounds": [{k: v for k, v in row.items() if k != "history"} for row in rows[:-1]]}  # fmt: skip
+        out.append(last)
+    return out
+
+
+def run_experiment(setup: Setup, config: ExperimentConfig, folder: Path | None = None) -> dict[str, Any]:
+    """Runs one experiment on a prepared setup and returns its result row (see :func:`run_experiments`)."""
+    return run_experiments(setup, [config], None if folder is None else folder / "finetune")[0]
 
 
 def _check_reachable(setup: Setup, config: ExperimentConfig, compressions) -> None:
@@ -221,24 +409,30 @@ def validate(sweep: SweepConfig) -> None:
             strategies.resolve(name)
     for name in sweep.models:
         models.spec(name)
+    for schedule in sweep.schedules:
+        if getattr(schedule, "distribution", "strategy") != "strategy" and set(sweep.strategies) - {"random"}:
+            raise ValueError(f"schedule {schedule.describe()} draws a random initial mask with its {schedule.distribution} "
+                             f"layer densities: use it with strategies=['random'], or distribution 'strategy' "
+                             f"(got strategies {list(sweep.strategies)})")  # fmt: skip
     for name in sweep.datasets:
         data_lib.get_spec(name, local=sweep.data_dir is not None)
 
 
 def _chunks(experiments: Sequence[ExperimentConfig], size: int) -> list[list[ExperimentConfig]]:
-    """Experiments in jobs of at most ``size`` that share a setup and a finetuning setup.
+    """Experiments in jobs of at most ``size`` that share a setup, a finetuning setup and a schedule.
 
     Jobs follow the first appearance of their group in the grid, so the experiments of one setup
     run back to back and it is prepared once.
     """
     groups: dict[tuple, list[ExperimentConfig]] = {}
     for config in experiments:
-        groups.setdefault((setup_key(config), config.settings), []).append(config)
+        groups.setdefault((setup_key(config), config.settings, config.schedule), []).append(config)
     return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
 def _label(config: ExperimentConfig, i: int, n: int) -> str:
-    return f"[{i}/{n}] {config.model} {config.strategy} x{config.compression:g} seed {config.seed}"
+    schedule = "" if config.schedule == schedules_lib.DEFAULT else f" {config.schedule.describe()}"
+    return f"[{i}/{n}] {config.model} {config.strategy}{schedule} x{config.compression:g} seed {config.seed}"
 
 
 def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, log: Callable[[str], None] | None = None) -> list[dict]:
@@ -246,8 +440,8 @@ def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, log: Callable[[str
 
     Finished experiments are skipped; an experiment another process is running is skipped too.
     Each result is written as soon as it exists. With ``sweep.models_per_job`` K > 1, up to K
-    experiments that share a model and a finetuning setup are finetuned together
-    (``sbjax.finetune_many``), with rows equal to those of one-by-one runs.
+    experiments that share a model, a finetuning setup and a schedule are trained together
+    (``sbjax.finetune.finetune_many``), with rows equal to those of one-by-one runs.
     """
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     validate(sweep)

@@ -1,18 +1,28 @@
-"""SHELL: the finetuning loop: epochs, validation, early stopping, best-epoch selection, resume.
+"""SHELL: the finetuning loop, for K >= 1 models of one architecture: epochs, validation, early
+stopping, best-epoch selection, in-loop mask updates, resume.
 
-Each epoch trains on the training split (per-seed batch order and augmentation from ``key``,
-``sbjax.data``), then evaluates on the validation split. Training stops early when validation
-top-1 has fallen ``patience`` epochs in a row; the epoch with the best validation top-1 (the
-earliest among ties) is selected and its variables returned. The test split is not seen here:
-the caller evaluates the selected variables on it once.
+The K models share the model, the data and the ``FinetuneConfig``, and differ in their initial
+variables, masks and keys. Every epoch steps all K together (``sbjax.stacked``: sequential on
+CPU, vmap on GPU, sharded over several devices) on each model's own batches
+(``sbjax.data.epoch_batches``, batch order and augmentation from the model's key) and validates
+all K on shared batches. Early stopping and best-epoch selection are per model: training stops
+when validation top-1 has fallen ``patience`` epochs in a row; the epoch with the best validation
+top-1 (the earliest among ties) is selected. A model that stops has its history and selection
+frozen (it keeps being stepped with the others, so the group compiles once); the job ends when
+every model has stopped or the epochs run out. Each model's result is what :func:`finetune`
+returns for it alone with the same key (bitwise with ``"sequential"`` execution). The test split
+is not seen here: the caller evaluates the selected variables on it once.
 
-With a ``checkpoint_dir``, the state after every epoch (train state, best variables so far and
-the history) is saved with orbax. A run killed at any moment, even with ``kill -9``, restarts
-from the last complete checkpoint and, since batches are a function of (key, epoch), ends with
-exactly the result of an uninterrupted run on the same machine.
+A pruning schedule changes the masks during training through :class:`MaskUpdates`: before each
+step it names, the loop hands the stacked train state to the update, which returns the state
+with new masks (masks are data: the step never retraces). Epochs that end before the masks reach
+their final compression are validated and logged but never selected, and early stopping only
+counts epochs after that point, so the result always has the schedule's final compression.
 
-The epoch's parts (training, validation, early stopping, the checkpoint store) are in
-``sbjax.epochs``, shared with the K-model loop of ``sbjax.finetune_many``.
+With a ``checkpoint_dir``, the state after every epoch (train states with their masks, best
+variables so far, histories) is saved with orbax. A run killed at any moment, even with
+``kill -9``, restarts from the last complete checkpoint and, since batches and mask updates are
+functions of (key, step), ends with exactly the result of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import flax.linen as nn
@@ -27,10 +38,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sbjax import stacked
 from sbjax import train as train_lib
 from sbjax.data.arrays import ImageData
 from sbjax.data.augment import Transform
-from sbjax.data.batches import to_device
+from sbjax.data.batches import steps_per_epoch, to_device
 from sbjax.epochs import (
     EpochStore,
     Log,
@@ -46,20 +58,21 @@ from sbjax.epochs import (
 )
 from sbjax.optim import FinetuneConfig, OptimizerConfig, make_optimizer
 
-__all__ = ["FinetuneResult", "Progress", "finetune", "should_stop"]
+__all__ = ["FinetuneResult", "MaskUpdates", "Progress", "finetune", "finetune_many", "should_stop", "total_steps"]
 
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneResult:
-    """What a finetuning returns.
+    """What a finetuning returns, per model.
 
     Attributes:
         variables: the selected epoch's ``{"params", "batch_stats"}``.
         history: one dict per epoch run: epoch, train_loss, train_top1, val_loss, val_top1,
-            val_top5, seconds.
+            val_top5, seconds (and ``final``: whether the masks had their final compression).
         epochs: epochs run.
         best_epoch: the selected epoch (1-based).
         stopped_early: whether early stopping ended the run.
+        mask: the selected epoch's mask (the initial one unless a schedule changed it).
     """
 
     variables: Variables
@@ -67,17 +80,53 @@ class FinetuneResult:
     epochs: int
     best_epoch: int
     stopped_early: bool
+    mask: Mask = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskUpdates:
+    """Mask updates during training, from a pruning schedule.
+
+    Attributes:
+        steps: the optimizer steps (0-based, counted over the whole run) before which
+            ``update`` runs.
+        update: ``update(step, state) -> state``: the stacked train state (K models) with new
+            masks (and params, optimizer moments) for that step. A function of the state and
+            the step only, so that resuming repeats it exactly.
+        final: the first step from which the masks have their final compression; epochs that
+            end before it are not selected and do not count for early stopping.
+        name: what the updates are (saved with checkpoints: a checkpoint made with other
+            updates is refused).
+    """
+
+    steps: frozenset[int]
+    update: Callable[[int, train_lib.TrainState], train_lib.TrainState]
+    final: int = 0
+    name: str = ""
+
+
+def total_steps(settings: FinetuneConfig, num_train: int) -> int:
+    """The optimizer steps of a whole run: ``epochs`` times the steps of one epoch."""
+    steps = steps_per_epoch(num_train, settings.batch_size)
+    return settings.epochs * min(steps, settings.steps_per_epoch or steps)
 
 
 @functools.lru_cache(maxsize=8)
-def _steps(model: nn.Module, optimizer: OptimizerConfig):
-    """The optimizer and the jitted train and eval steps, built once per (model, optimizer).
+def _steps(model: nn.Module, optimizer: OptimizerConfig, execution: str):
+    """The optimizer and the jitted K-model train and eval steps, built once per configuration.
 
     A sweep finetunes many masks of one model: the mask is data, so one compilation serves all.
     """
     tx = make_optimizer(optimizer)
-    step = train_lib.make_train_step(train_lib.make_loss_fn(model), tx)
-    return tx, step, train_lib.eval_step_for(model)
+    step = stacked.make_stacked_step(train_lib.make_loss_fn(model), tx, execution)
+    return tx, step, stacked.make_stacked_eval_step(train_lib.make_predict_fn(model), execution)
+
+
+def _keys(keys: jax.Array | Sequence[jax.Array], k: int) -> jax.Array:
+    keys = keys if isinstance(keys, jax.Array) and keys.ndim == 1 else jnp.stack(list(keys))
+    if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) or keys.shape != (k,):
+        raise ValueError(f"keys must be {k} typed keys from jax.random.key, got {keys.dtype} {keys.shape}")
+    return keys
 
 
 def finetune(
@@ -88,72 +137,147 @@ def finetune(
     val: ImageData,
     settings: FinetuneConfig,
     key: jax.Array,
+    **kwargs,
+) -> FinetuneResult:
+    """Finetunes one model with ``mask`` held (or changed by ``updates``); returns the best epoch.
+
+    :func:`finetune_many` with one model, executed ``"sequential"``ly (the plain train step);
+    keyword arguments are :func:`finetune_many`'s.
+    """
+    kwargs.setdefault("execution", "sequential")
+    return finetune_many(model, [variables], [mask], train, val, settings, [key], **kwargs)[0]
+
+
+def finetune_many(
+    model: nn.Module,
+    variables_list: Sequence[Variables],
+    masks: Sequence[Mask],
+    train: ImageData,
+    val: ImageData,
+    settings: FinetuneConfig,
+    keys: jax.Array | Sequence[jax.Array],
     *,
     transform_train: Transform,
     transform_eval: Transform,
+    updates: MaskUpdates | None = None,
     checkpoint_dir: str | Path | None = None,
+    execution: str = "auto",
     eval_batch_size: int = 500,
     log: Log | None = None,
-) -> FinetuneResult:
-    """Finetunes ``variables`` with ``mask`` held and returns the best epoch on validation.
+) -> list[FinetuneResult]:
+    """Finetunes K models together; result ``k`` equals :func:`finetune` of model ``k`` alone.
 
     Args:
-        model: the Flax model.
-        variables: ``{"params", "batch_stats"}`` to start from (params are masked here).
-        mask: the mask (params' structure and dtypes).
+        model: the Flax model all K share.
+        variables_list: each model's ``{"params", "batch_stats"}`` to start from (params are
+            masked here).
+        masks: each model's mask (params' structure and dtypes).
         train, val: the training and validation splits.
-        settings: batch size, epochs, optimizer, early-stopping patience.
-        key: the run's key; batch orders, augmentation and dropout derive from it.
+        settings: batch size, epochs, optimizer, early-stopping patience (one for all).
+        keys: each model's run key (K typed keys, stacked or a sequence); batch orders,
+            augmentation and dropout derive from it.
         transform_train, transform_eval: ``transform(key, uint8 images) -> float32 inputs``, e.g.
             ``sbjax.data.make_transform``'s (equal ones share their compiled batch functions).
+        updates: mask updates during training (a pruning schedule's); ``None`` holds the masks.
         checkpoint_dir: where to save every epoch and resume from; ``None`` saves nothing.
+        execution: ``"vmap"``, ``"sequential"``, ``"sharded"`` or ``"auto"``
+            (``sbjax.stacked.default_execution`` for K models).
         eval_batch_size: examples per validation forward pass.
-        log: called with one line per epoch (default: stderr, with a live bar on a terminal).
+        log: called with one line per model and epoch (default: stderr, with a live bar on a
+            terminal).
     """
-    tx, step, eval_step = _steps(model, settings.optimizer)
-    state = train_lib.init_state(variables["params"], variables.get("batch_stats", {}), mask, tx)
-    train_data, val_data = to_device(train.images, train.labels), to_device(val.images, val.labels)
-    store = None if checkpoint_dir is None else EpochStore(checkpoint_dir, repr(settings))
-    run = _Run(state, variables_of(state), [])
-    saved = None if store is None else store.restore((run.state, run.best))
+    k = len(variables_list)
+    if k == 0 or len(masks) != k:
+        raise ValueError(f"finetune_many needs as many masks as variables (at least one), got {len(masks)} and {k}")
+    keys = _keys(keys, k)
+    execution = stacked.default_execution(num_models=k) if execution == "auto" else execution
+    tx, step, eval_step = _steps(model, settings.optimizer, execution)
+    states = [train_lib.init_state(v["params"], v.get("batch_stats", {}), m, tx) for v, m in zip(variables_list, masks)]
+    state = stacked.stack(states)
+    run = _Group(state, variables_of(state), state.mask, [[] for _ in range(k)], [False] * k)
+    tag = f"{settings!r} x {k} models" + (f", masks updated by {updates.name}" if updates else "")
+    store = None if checkpoint_dir is None else EpochStore(checkpoint_dir, tag)
+    saved = None if store is None else store.restore((run.state, run.best, run.best_mask))
     if saved is not None:
-        (saved_state, best), meta = saved
-        run = _Run(saved_state, best, list(meta["history"]), bool(meta["done"]))
+        (state, best, best_mask), meta = saved
+        run = _Group(state, best, best_mask, [list(h) for h in meta["history"]], [bool(d) for d in meta["done"]])
+    train_data, val_data = to_device(train.images, train.labels), to_device(val.images, val.labels)
+    per_epoch = total_steps(settings, len(train.labels)) // max(settings.epochs, 1)
+    final = 0 if updates is None else updates.final
     progress = Progress(log)
-    while len(run.history) < settings.epochs and not run.done:
-        epoch, start = len(run.history), time.perf_counter()
-        run.state, sums = train_epoch(step, run.state, train_data, key, epoch, settings, transform_train, progress, settings.epochs)
-        row = train_scores(*sums, settings.batch_size)
-        row.update(val_scores(eval_sums(eval_step, variables_of(run.state), *val_data, transform_eval, eval_batch_size)))
-        row = {"epoch": epoch + 1, **row, "seconds": time.perf_counter() - start}
-        run.add(row, settings.patience)
-        progress.epoch(row, settings.epochs)
+    while run.epochs() < settings.epochs and not all(run.done):
+        epoch, start = run.epochs(), time.perf_counter()
+        run.state, (loss, top1, steps) = train_epoch(step, run.state, train_data, keys, epoch, settings,
+                                                      transform_train, progress, settings.epochs,
+                                                      updates=updates)  # fmt: skip
+        sums = _validate(model, eval_step, execution, variables_of(run.state), val_data, transform_eval, eval_batch_size)
+        seconds = time.perf_counter() - start
+        final_epoch = (epoch + 1) * per_epoch > final
+        rows = [{"epoch": epoch + 1, **train_scores(loss[i], top1[i], steps, settings.batch_size),
+                 **val_scores(stacked.index(sums, i)), "seconds": seconds}
+                | ({} if updates is None else {"final": final_epoch}) for i in range(k)]  # fmt: skip
+        for i in run.add(rows, settings.patience):
+            progress.epoch(rows[i], settings.epochs, prefix=f"model {i + 1}/{k}: " if k > 1 else "")
         if store is not None:
-            store.save(len(run.history), (run.state, run.best), {"history": run.history, "done": run.done})
-    result = run.result()
-    if "batch_stats" not in variables:  # hand back the caller's variable collections
-        result = dataclasses.replace(result, variables={"params": result.variables["params"]})
-    return result
+            store.save(epoch + 1, (run.state, run.best, run.best_mask), {"history": run.history, "done": run.done})
+    return [_result(run, i, "batch_stats" in variables_list[i]) for i in range(k)]
+
+
+def _validate(model, eval_step, execution: str, variables: Variables, data, transform: Transform, batch_size: int):
+    """Validation sums of K stacked models, shape (K,) each.
+
+    One model executed sequentially is validated with the model's own eval step
+    (``sbjax.train.eval_step_for``), which a later test-split evaluation shares: one compilation.
+    """
+    if execution == "sequential" and jax.tree.leaves(variables)[0].shape[0] == 1:
+        sums = eval_sums(train_lib.eval_step_for(model), stacked.index(variables, 0), *data, transform, batch_size)
+        return jax.tree.map(lambda a: jnp.asarray(a)[None], sums)
+    return eval_sums(eval_step, variables, *data, transform, batch_size)
+
+
+def _eligible(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """The epochs that may be selected: those whose masks had their final compression."""
+    return [row for row in history if row.get("final", True)]
 
 
 @dataclasses.dataclass
-class _Run:
-    """The loop's state between epochs (what a checkpoint holds)."""
+class _Group:
+    """The loop's state between epochs (what a checkpoint holds): stacked arrays, per-model lists."""
 
     state: train_lib.TrainState
     best: Variables
-    history: list[dict[str, float]]
-    done: bool = False
+    best_mask: Mask
+    history: list[list[dict[str, float]]]
+    done: list[bool]
 
-    def best_epoch(self) -> int:
-        scores = [row["val_top1"] for row in self.history]
-        return int(np.argmax(scores)) + 1 if scores else 0
+    def epochs(self) -> int:
+        """Epochs run by the group (models still running have run them all)."""
+        return max(len(h) for h in self.history)
 
-    def add(self, row: dict[str, float], patience: int | None) -> None:
-        self.history.append(row)
-        if self.best_epoch() == row["epoch"]:
-            self.best = jax.tree.map(jnp.copy, variables_of(self.state))
-        self.done = should_stop([r["val_top1"] for r in self.history], patience)
+    def best_epoch(self, i: int) -> int:
+        eligible = _eligible(self.history[i]) or self.history[i][-1:]
+        scores = [row["val_top1"] for row in eligible]
+        return int(eligible[int(np.argmax(scores))]["epoch"]) if scores else 0
 
-    def result(self) -> FinetuneResult:
-        return FinetuneResult(self.best, list(self.history), len(self.history), self.best_epoch(), self.done)
+    def add(self, rows: list[dict[str, float]], patience: int | None) -> list[int]:
+        """Records the epoch of the models still running; returns their indices."""
+        running = [i for i, done in enumerate(self.done) if not done]
+        improved = np.zeros(len(self.done), bool)
+        for i in running:
+            self.history[i].append(rows[i])
+            improved[i] = self.best_epoch(i) == rows[i]["epoch"]
+            self.done[i] = should_stop([r["val_top1"] for r in _eligible(self.history[i])], patience)
+        take = jnp.asarray(improved)
+        pick = lambda new, old: jnp.where(take.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)  # noqa: E731
+        self.best = jax.tree.map(pick, variables_of(self.state), self.best)
+        self.best_mask = jax.tree.map(pick, self.state.mask, self.best_mask)
+        return running
+
+
+def _result(run: _Group, i: int, batch_stats: bool) -> FinetuneResult:
+    variables = stacked.index(run.best, i)
+    if not batch_stats:  # hand back the caller's variable collections
+        variables = {"params": variables["params"]}
+    stopped = bool(run.done[i])
+    mask = stacked.index(run.best_mask, i)
+    return FinetuneResult(variables, list(run.history[i]), len(run.history[i]), run.best_epoch(i), stopped, mask)

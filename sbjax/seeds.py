@@ -11,7 +11,7 @@ import jax
 
 __all__ = ["KEY_NAMES", "experiment_keys"]
 
-KEY_NAMES = ("mask", "score", "finetune")  # folded into the seed's key in this order
+KEY_NAMES = ("mask", "score", "finetune", "schedule", "reinit")  # folded into the seed's key in this order
 """The named keys derived by ``fold_in``; ``"init"`` is the seed's own key."""
 
 
@@ -20,12 +20,14 @@ def experiment_keys(seed: int) -> dict[str, jax.Array]:
 
     Returns:
         ``init`` (the model's initialization when there is no checkpoint: ``jax.random.key(seed)``),
-        ``mask`` (random masks), ``score`` (the scoring batch) and ``finetune`` (batch order and
-        augmentation), the last three folded from ``init`` in :data:`KEY_NAMES` order.
+        ``mask`` (random masks), ``score`` (the scoring batch), ``finetune`` (batch order and
+        augmentation), ``schedule`` (a schedule's own randomness, such as SET's regrowth) and
+        ``reinit`` (the fresh initialization of a reinitialization control), folded from
+        ``init`` in :data:`KEY_NAMES` order.
 
     >>> keys = experiment_keys(0)
     >>> sorted(keys)
-    ['finetune', 'init', 'mask', 'score']
+    ['finetune', 'init', 'mask', 'reinit', 'schedule', 'score']
     >>> bool((jax.random.key_data(keys["mask"]) == jax.random.key_data(experiment_keys(0)["mask"])).all())
     True
     """

@@ -15,7 +15,7 @@ from sbjax import experiment, train
 from sbjax.data import make_transform
 from sbjax.evaluate import evaluate
 from sbjax.finetune import finetune
-from sbjax.finetune_many import finetune_many
+from sbjax.finetune import finetune_many
 from sbjax.optim import FinetuneConfig, OptimizerConfig
 from train_fixtures import TinyNet
 

@@ -8,7 +8,7 @@ import pytest
 import finetune_run
 from sbjax import strategies
 from sbjax.finetune import finetune
-from sbjax.finetune_many import finetune_many
+from sbjax.finetune import finetune_many
 from sbjax.optim import FinetuneConfig, OptimizerConfig
 from train_fixtures import TinyNet
 

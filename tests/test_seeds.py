@@ -11,7 +11,7 @@ from sbjax.seeds import experiment_keys
 def test_experiment_keys_are_fixed_by_the_seed_and_distinct():
     data = lambda seed: {k: jax.random.key_data(v).tolist() for k, v in experiment_keys(seed).items()}  # noqa: E731
     assert data(0) == data(0) and data(0) != data(1)
-    assert len({str(v) for v in data(0).values()}) == 4
+    assert len({str(v) for v in data(0).values()}) == 6
     assert data(3)["init"] == jax.random.key_data(jax.random.key(3)).tolist()  # the seed's own key
 
 
