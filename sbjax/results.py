@@ -90,11 +90,11 @@ def write_atomic(path: Path, write: Callable[[IO[str]], None]) -> None:
 
 def _file_mode() -> int:
     """``0o666`` less the process's umask: the mode ``open`` gives a new file."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status") as status:  # read without setting it (os.umask is process-wide)
-            for line in status:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
+    # read without setting it (os.umask is process-wide)
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
     umask = os.umask(0o077)
     os.umask(umask)
     return 0o666 & ~umask
