@@ -39,16 +39,24 @@ def test_a_name_is_found_in_the_user_directory_from_any_working_directory(home, 
     assert checkpoints.read_info(checkpoints.locate("mine")).model == "mlp"
 
 
+def folder(path):
+    """A folder where a checkpoint would be (``locate`` reads nothing in it)."""
+    path.mkdir(parents=True)
+    return path
+
+
 def test_explicit_paths_then_the_user_directory_then_the_shipped_ones(home, tmp_path):
     assert checkpoints.locate("mnistnet-mnist5k") == checkpoints.shipped()["mnistnet-mnist5k"]
-    mine = save(home / "checkpoints" / "mnistnet-mnist5k")
+    mine = folder(home / "checkpoints" / "mnistnet-mnist5k")
     assert checkpoints.locate("mnistnet-mnist5k") == mine  # the user's copy of a shipped name wins
-    explicit = save(tmp_path / "folder")
+    folder(tmp_path / "checkpoints" / "mnistnet-mnist5k")  # where earlier versions of `sbjax port` wrote
+    assert checkpoints.locate("mnistnet-mnist5k") == mine
+    explicit = folder(tmp_path / "elsewhere" / "mnistnet-mnist5k")
     assert checkpoints.locate(str(explicit)) == explicit
 
 
 def test_a_missing_name_says_everywhere_it_looked(home, tmp_path):
-    save(home / "checkpoints" / "mine")
+    folder(home / "checkpoints" / "mine")
     with pytest.raises(FileNotFoundError) as caught:
         checkpoints.locate("nope")
     message = str(caught.value)
