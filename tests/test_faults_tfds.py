@@ -72,6 +72,22 @@ def test_with_network_the_download_goes_ahead(tmp_path, monkeypatch):
     assert calls == ["mnist"]
 
 
+def test_a_manual_dataset_is_prepared_from_its_files_without_probing_the_network(tmp_path, monkeypatch):
+    calls = []
+
+    def download_and_prepare(self, *args, **kwargs):
+        calls.append(self.name)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare)
+    monkeypatch.setattr(tfds_source, "reachable", lambda *a, **k: pytest.fail("probed the network"))
+    (tmp_path / "downloads" / "manual").mkdir(parents=True)
+    (tmp_path / "downloads" / "manual" / "ILSVRC2012_img_val.tar").write_bytes(b"")
+    with pytest.raises(RuntimeError, match="stop here"):
+        load("imagenet2012", "test", tfds_data_dir=tmp_path, verbose=False)
+    assert calls == ["imagenet2012"]
+
+
 def test_the_probe_answers_for_a_listening_and_a_closed_port():
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]

@@ -50,7 +50,7 @@ def load_tfds(
                           split=split, stored_size=spec.stored_size, mean=spec.mean, std=spec.std)
 
     def build() -> ImageData:
-        source = _open_source(tfds, builder, spec.tfds_name, split, data_dir, download)
+        source = _open_source(tfds, builder, spec, split, data_dir, download)
         names = tuple(builder.info.features["label"].names)
         images, labels = _decode(source, spec.stored_size, f"{spec.tfds_name} {split}" if verbose else None)
         return ImageData(images, labels, names, spec.mean, spec.std)
@@ -58,17 +58,20 @@ def load_tfds(
     return cache.cached(key, build)
 
 
-def _open_source(tfds: Any, builder: Any, name: str, split: str, data_dir: str | None, download: bool) -> Any:
-    """TFDS's data source of ``split``; an unprepared dataset is downloaded only if its servers answer."""
+def _open_source(tfds: Any, builder: Any, spec: DatasetSpec, split: str, data_dir: str | None, download: bool) -> Any:
+    """TFDS's data source of ``split``; an unprepared dataset is downloaded only if its servers answer.
+
+    A manual dataset is prepared from the files the user put in place, with no network.
+    """
     try:
-        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        return tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=False)
     except Exception:  # TFDS raises several types for a dataset that is not there
         if builder.is_prepared():
             raise
-    urls = sorted(type(builder).url_infos or ())
-    if not download or (urls and not reachable([*urls, TFDS_MIRROR])):
-        raise ValueError(_not_prepared(builder, [*urls, TFDS_MIRROR] if download else None))
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=True)
+    urls = [*sorted(type(builder).url_infos or ()), TFDS_MIRROR]
+    if not download or (not spec.manual and not reachable(urls)):
+        raise ValueError(_not_prepared(builder, urls if download else None))
+    return tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=True)
 
 
 def _not_prepared(builder: Any, probed: Sequence[str] | None) -> str:
