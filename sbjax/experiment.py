@@ -287,10 +287,7 @@ def _round(setup: Setup, job: _Job, r: int, fractions: list[tuple[float, ...]], 
         masks = [masks_lib.ones_like(v["params"]) for v in job.trained]
     else:
         masks = [schedule.start(ctx, v, m) for ctx, v, m in zip(contexts, job.trained, job.masks)]
-    if r <= 1 or job.rewind is None:
-        weights = list(job.start)
-    else:
-        weights = list(job.rewind)
+    weights = list(job.start if r == 0 or job.rewind is None else job.rewind)
     for i, config in enumerate(configs):
         if r >= 1 and config.strategy != REFERENCE and getattr(strategies.resolve(config.strategy), "reinit", False):
             weights[i] = fresh_variables(setup, experiment_keys(config.seed)["reinit"])
@@ -316,7 +313,7 @@ def _round(setup: Setup, job: _Job, r: int, fractions: list[tuple[float, ...]], 
     trained = _train(setup, job, weights, masks, updates, folder)
     share = (time.perf_counter() - start) / len(configs)
     if captured:
-        job.rewind = stacked.unstack(captured[0])
+        job.rewind = [{k: v[k] for k in s} for v, s in zip(stacked.unstack(captured[0]), job.start)]
     elif r == 0 or (r == 1 and job.rewind is None and schedule.rewind == "init"):
         job.rewind = list(job.start)
     rows = []
