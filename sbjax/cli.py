@@ -37,6 +37,25 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_schedules(subparsers) -> None:
+    p = subparsers.add_parser("schedules", help="list the pruning schedules and their settings")
+    p.set_defaults(func=_cmd_schedules)
+
+
+def _cmd_schedules(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from sbjax import schedules
+
+    for name, cls in schedules.SCHEDULES.items():
+        print(f"{name:12s} {cls.doc}")
+        settings = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
+        if settings:
+            print(f"{'':12s} settings: {settings}")
+    print('\nin configs: schedules=["gradual", {"name": "iterative", "rounds": 3, "rewind": 100}]')
+    return 0
+
+
 def _add_port(subparsers) -> None:
     from sbjax import pretrained
 
@@ -209,7 +228,7 @@ def _report(folder: str, plot: bool) -> int:
     if frame.empty:
         raise UserError(f"no finished experiments in {folder!r}")
     summary = results.summarize(frame)
-    columns = ["model", "dataset", "strategy", "compression", "seeds", "top1_mean", "top1_std", "pre_top1_mean",
+    columns = ["model", "dataset", "strategy", "schedule", "compression", "seeds", "top1_mean", "top1_std", "pre_top1_mean",
                "speedup_mean", "real_compression_mean"]  # fmt: skip
     with pd.option_context("display.max_rows", None, "display.width", 160, "display.float_format", "{:.4f}".format):
         print(summary[[c for c in columns if c in summary]].to_string(index=False))
@@ -414,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prune(subparsers)
     _add_train(subparsers)
     _add_strategies(subparsers)
+    _add_schedules(subparsers)
     _add_metrics(subparsers)
     _add_port(subparsers)
     _add_eval(subparsers)

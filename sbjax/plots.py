@@ -1,8 +1,11 @@
 """SHELL: accuracy trade-off plots of a sweep, and the evaluation report card.
 
 The unpruned reference (compression 1, strategy ``"none"``) is evaluated once per model and
-seed and starts every strategy's curve. Lines are means over seeds with standard-deviation error
-bars; x axes are log2; one panel per (model, dataset).
+seed and starts every curve: one curve per (strategy, schedule), labelled with the strategy and,
+unless it is the default ``oneshot``, the schedule. Curves of schedules that train from scratch
+start from the reference trained from scratch (``at_init``), the others from the pretrained one.
+Lines are means over seeds with standard-deviation error bars; x axes are log2; one panel per
+(model, dataset).
 
 Figures are built with matplotlib's object-oriented API (``matplotlib.figure.Figure``), never
 pyplot: importing or calling this module leaves the user's backend and open figures alone (in
@@ -24,20 +27,35 @@ __all__ = ["REFERENCE", "plot_sweep", "report_card"]
 
 REFERENCE = "none"
 X_AXES = {"compression": "real_compression_mean", "speedup": "speedup_mean"}
+BASELINES = ("random", "global_magnitude", "layer_magnitude")
+CONTROLS = ("random_proportions", "magnitude_proportions")  # the checklist's same-proportions controls
+
+
+def _line(strategy: str, schedule: str) -> str:
+    return strategy if schedule == "oneshot" else f"{strategy} {schedule}"
+
+
+def _from_scratch(schedule: str) -> bool:
+    return schedule.startswith("at_init") or "scratch=True" in schedule
+
+
+def _lines(summary: pd.DataFrame) -> list[str]:
+    rows = summary[summary["strategy"] != REFERENCE]
+    return sorted({_line(st, sc) for st, sc in zip(rows["strategy"], rows["schedule"])})
 
 
 def _curves(summary: pd.DataFrame) -> pd.DataFrame:
-    """Each strategy's summary rows, with the shared reference row prepended to each."""
-    reference = summary[summary["strategy"] == REFERENCE]
+    """Each (strategy, schedule)'s summary rows, with its reference row prepended, in a ``line`` column."""
+    references = summary[summary["strategy"] == REFERENCE]
     parts = []
-    for strategy in sorted(set(summary["strategy"]) - {REFERENCE}):
-        ref = reference.assign(strategy=strategy)
-        parts += [ref, summary[summary["strategy"] == strategy]]
-    return pd.concat(parts, ignore_index=True) if parts else summary.iloc[0:0]
+    for (strategy, schedule), rows in summary[summary["strategy"] != REFERENCE].groupby(["strategy", "schedule"]):
+        start = references[references["schedule"].map(_from_scratch) == _from_scratch(schedule)]
+        parts += [start.assign(line=_line(strategy, schedule)), rows.assign(line=_line(strategy, schedule))]
+    return pd.concat(parts, ignore_index=True) if parts else summary.iloc[0:0].assign(line=[])
 
 
 def _panel(ax, curves: pd.DataFrame, x: str, y: str, delta: float | None, colors: dict[str, str]) -> None:
-    for strategy, rows in curves.groupby("strategy", sort=True):
+    for strategy, rows in curves.groupby("line", sort=True):
         rows = rows.sort_values(x)
         values = rows[f"{y}_mean"] - (delta or 0.0)
         ax.errorbar(rows[x], values, yerr=rows[f"{y}_std"].fillna(0.0), marker="o", ms=3, capsize=2,
@@ -56,7 +74,7 @@ def plot_sweep(frame: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str =
     summary = summarize(frame)
     panels = sorted(summary.groupby(["model", "dataset"]).groups)
     palette = matplotlib.colormaps["tab10"].colors
-    strategies = sorted(set(summary["strategy"]) - {REFERENCE})
+    strategies = _lines(summary)
     colors = {name: palette[i % len(palette)] for i, name in enumerate(strategies)}  # same in every panel
     written = []
     for axis, x in X_AXES.items():
@@ -101,9 +119,16 @@ def report_card(frame: pd.DataFrame, *, collapse: float = 0.5) -> list[str]:
         for baseline, options in {"random": ("random",), "magnitude": ("global_magnitude", "layer_magnitude")}.items():
             if not strategies & set(options):
                 problems.append(f"{where}: no {baseline} baseline ({' or '.join(options)})")
-        seeds = rows.groupby("strategy")["seed"].nunique()
+        methods = sorted(s for s in strategies if s not in BASELINES and not s.startswith((*CONTROLS, "reinit(")))
+        missing = [m for m in methods if not {f"{c}({m})" for c in CONTROLS} <= strategies]
+        if missing:
+            problems.append(f"{where}: no same-proportions controls (random_proportions(M), magnitude_proportions(M)) "
+                            f"for {missing}")  # fmt: skip
+        schedule = rows["schedule"] if "schedule" in rows else pd.Series("oneshot", index=rows.index)
+        seeds = rows.groupby([rows["strategy"], schedule])["seed"].nunique()
         if (seeds < 2).any():
-            problems.append(f"{where}: fewer than 2 seeds for {sorted(seeds[seeds < 2].index)}")
+            few = sorted({_line(st, sc) for st, sc in seeds[seeds < 2].index})
+            problems.append(f"{where}: fewer than 2 seeds for {few}")
         if rows["flops"].isna().any():
             problems.append(f"{where}: FLOPs missing for some results")
         if rows["compression"].nunique() < 3:
