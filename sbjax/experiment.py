@@ -219,8 +219,12 @@ def _with_masks(optimizer: Any):
     return jax.jit(replace)
 
 
-def _updates(schedule, contexts, settings: FinetuneConfig, capture: Callable | None, capture_step: int | None):
-    """The loop's :class:`MaskUpdates` for a schedule (and a rewind point to capture), or ``None``."""
+def mask_updates(schedule, contexts, settings: FinetuneConfig, capture: Callable | None, capture_step: int | None):
+    """The loop's :class:`~sbjax.finetune.MaskUpdates` for ``schedule`` (one context per model), or ``None``.
+
+    ``capture(variables)`` is called with the stacked variables before step ``capture_step``
+    (the weights iterative pruning rewinds to).
+    """
     total = contexts[0].total
     steps = set(schedule.steps(total)) | ({capture_step} if capture is not None else set())
     if not steps:
@@ -239,7 +243,8 @@ def _updates(schedule, contexts, settings: FinetuneConfig, capture: Callable | N
     return MaskUpdates(frozenset(steps), update, schedule.final(total), name)
 
 
-def _context(setup: Setup, config: ExperimentConfig, fraction: float, total: int, round_: int) -> Context:
+def schedule_context(setup: Setup, config: ExperimentConfig, fraction: float, total: int, round_: int = 1) -> Context:
+    """What ``config.schedule`` may use for this experiment's model in round ``round_`` (``sbjax.schedules.Context``)."""
     prune = lambda variables, f, mask, step: make_mask(setup, config, variables=variables, fraction=f,  # noqa: E731
                                                        mask=mask, step=step)  # fmt: skip
     grads = functools.partial(dense_gradients, setup, config)
@@ -282,7 +287,7 @@ def _round(setup: Setup, job: _Job, r: int, fractions: list[tuple[float, ...]], 
     schedule, configs = job.configs[0].schedule, job.configs
     total = total_steps(configs[0].settings, len(setup.train.labels))
     start = time.perf_counter()
-    contexts = [_context(setup, c, f[max(r, 1) - 1], total, r) for c, f in zip(configs, fractions)]
+    contexts = [schedule_context(setup, c, f[max(r, 1) - 1], total, r) for c, f in zip(configs, fractions)]
     if r == 0:
         masks = [masks_lib.ones_like(v["params"]) for v in job.trained]
     else:
@@ -307,7 +312,7 @@ def _round(setup: Setup, job: _Job, r: int, fractions: list[tuple[float, ...]], 
                 store.save(capture_step, captured[0], {})
 
     capture = capture if capture_step is not None else None
-    updates = _updates(schedule if r >= 1 else schedules_lib.DEFAULT, contexts, configs[0].settings, capture, capture_step)
+    updates = mask_updates(schedule if r >= 1 else schedules_lib.DEFAULT, contexts, configs[0].settings, capture, capture_step)
     prepared = time.perf_counter() - start
     start = time.perf_counter()
     trained = _train(setup, job, weights, masks, updates, folder)

@@ -48,12 +48,13 @@ __all__ = [
 
 #: The columns of a result row (SPEC section 8), in display order.
 COLUMNS = (
-    "experiment_id", "dataset", "model", "checkpoint", "strategy", "compression", "seed", "preset",
+    "experiment_id", "dataset", "model", "checkpoint", "strategy", "schedule", "round", "compression", "seed", "preset",
     "params_total", "params_nonzero", "real_compression", "macs", "macs_nonzero", "flops",
     "speedup", "memory", "pre_top1", "pre_top5", "pre_loss", "top1", "top5", "loss",
     "val_top1", "epochs", "wall_time",
 )  # fmt: skip
-GROUP = ("dataset", "model", "strategy", "compression")
+GROUP = ("dataset", "model", "strategy", "schedule", "compression")
+ROUNDS = "rounds"  # a row's earlier rounds (iterative pruning), each a row of its own in tables
 METRICS = ("top1", "top5", "loss", "pre_top1", "pre_top5", "speedup", "real_compression", "macs_nonzero", "flops")
 
 
@@ -272,7 +273,7 @@ class Store:
         write_atomic(self.folder(experiment_id) / "log.jsonl", lambda f: f.write(text))
 
     def write_result(self, experiment_id: str, row: Mapping[str, Any]) -> None:
-        unknown = sorted(set(row) - set(COLUMNS))
+        unknown = sorted(set(row) - set(COLUMNS) - {ROUNDS})
         if unknown:
             raise ResultsError(f"result row has unknown columns {unknown}; expected a subset of {list(COLUMNS)}")
         write_json_atomic(self.folder(experiment_id) / "result.json", dict(row))
@@ -332,9 +333,17 @@ def _refresh(lock: Path, owner: str, every: float, stop: threading.Event) -> Non
 
 
 def aggregate(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One DataFrame row per experiment with the columns of ``COLUMNS`` (missing ones are NaN)."""
-    frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
-    return frame.sort_values(["dataset", "model", "strategy", "compression", "seed"], kind="stable", ignore_index=True)
+    """One DataFrame row per experiment and round with the columns of ``COLUMNS`` (missing ones NaN).
+
+    An iterative experiment's earlier rounds (under ``"rounds"``) are rows too, each with its
+    round's compression. Results written before schedules existed are ``oneshot`` round 1.
+    """
+    flat = [dict(r) for row in rows for r in (*row.get(ROUNDS, ()), row)]
+    frame = pd.DataFrame(flat, columns=list(COLUMNS))
+    frame["schedule"] = frame["schedule"].fillna("oneshot")
+    frame["round"] = frame["round"].fillna(1).astype(int)
+    order = ["dataset", "model", "strategy", "schedule", "compression", "seed", "round"]
+    return frame.sort_values(order, kind="stable", ignore_index=True)
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:

@@ -67,8 +67,8 @@ def test_unknown_columns_and_bad_folders_are_clear_errors(tmp_path):
         results.Store(tmp_path / "file")
     (tmp_path / "z").mkdir()
     (tmp_path / "z" / "result.json").write_text("{trunc")
-    with pytest.raises(results.ResultsError, match="unreadable result file"):
-        store.rows()
+    with pytest.warns(UserWarning, match="does not parse"):
+        assert store.rows() == []  # moved aside and left to rerun (tests/test_faults_store.py)
 
 
 def test_aggregate_and_summarize_over_seeds(tmp_path):
