@@ -14,8 +14,15 @@ library builds strategies as small frozen values with :func:`make`::
 - the **scope** turns scores into a mask at a kept fraction: :data:`GLOBAL` (one threshold across
   all prunable leaves), :data:`PER_TENSOR` (each leaf keeps ``fraction`` of its entries); channel
   groups and N:M patterns are further scopes with the same ``mask`` method;
-- the **needs** (``"grads"``, ``"activations"``, ``"key"``) say which inputs the runner computes
-  and passes: a strategy is given exactly what it declares.
+- the **needs** (``"grads"``, ``"activations"``, ``"key"``, ``"loss"``, ``"apply"``) say which
+  inputs the runner computes and passes: a strategy is given exactly what it declares;
+- the **rounds**: ``1`` scores once; ``n > 1`` prunes iteratively, rescoring the masked params
+  each round on the exponential schedule of :func:`exponential_fractions` (SynFlow's).
+
+The two function-valued needs are ``jax.tree_util.Partial`` values, so that a jitted strategy
+takes them as arguments: ``loss(params) -> scalar``, the mean cross-entropy on one scoring batch
+(batch norm in the scoring mode), and ``apply(params, x) -> logits`` (batch norm with its running
+statistics), which comes with ``input_shape``, one example's static shape without the batch axis.
 
 A plain function with the design card's signature is a valid strategy too
 (:func:`from_function`). Entries that a given ``mask`` already prunes are ranked below all
@@ -27,10 +34,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from sbjax import masks as masks_lib
 from sbjax import selection as selection_lib
@@ -51,6 +59,8 @@ __all__ = [
     "PerTensor",
     "Scope",
     "Strategy",
+    "count_mask",
+    "exponential_fractions",
     "from_function",
     "global_mask",
     "layer_mask",
@@ -60,11 +70,13 @@ __all__ = [
 ]
 
 #: What a strategy may declare it needs; the runner computes only these.
-NEEDS = frozenset({"grads", "activations", "key"})
+NEEDS = frozenset({"grads", "activations", "key", "loss", "apply"})
 _WHAT = {
     "grads": "gradients with the params' structure (grads=...)",
     "activations": "per-layer input activations (activations=...)",
     "key": "a jax.random key (key=...)",
+    "loss": "the scoring batch's loss as a jax.tree_util.Partial loss(params) -> scalar (loss=...)",
+    "apply": "the forward pass as a jax.tree_util.Partial apply(params, x) -> logits (apply=...)",
 }
 
 
@@ -130,6 +142,60 @@ def layer_mask(scores: Scores, fraction: Any, params: Params, *, mask: Mask | No
     return _to_mask(keep, params, mask)
 
 
+#: Leaves larger than this are ranked by a stable sort in :func:`count_mask`.
+SORT_ABOVE = 2**22
+
+
+def _keep_top(scores: jax.Array, count: Any, sort_above: int) -> jax.Array:
+    """Keeps exactly ``count`` (clipped to ``[0, n]``) highest entries of ``scores``; ties: earlier first."""
+    n = scores.size
+    count = jnp.clip(jnp.asarray(count, jnp.int32), 0, n)
+    if n <= sort_above:
+        # keep_count rounds float32(count / n) * n exactly: within 2 ulp of count / n, the product
+        # is within count * 2**-23 < 0.5 of count for count < 2**22, so it rounds back to count.
+        fraction = count.astype(jnp.float32) / jnp.float32(max(n, 1))
+        return threshold.layer_keep(scores, fraction)
+    keys = jnp.invert(threshold.sortable_keys(scores).ravel())  # ascending keys = descending scores
+    order = jnp.argsort(keys, stable=True)
+    ranks = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+    return (ranks < count).reshape(scores.shape)
+
+
+def count_mask(
+    scores: Scores, counts: Any, params: Params, *, mask: Mask | None = None, sort_above: int = SORT_ABOVE
+) -> Mask:
+    """The mask keeping exactly ``counts[leaf]`` highest scores of each prunable leaf.
+
+    ``counts`` has the scores' structure: an integer scalar (may be traced) where the score is an
+    array, ``None`` elsewhere. Ties keep the earlier entry, as in ``layer_mask``; entries that
+    ``mask`` prunes rank lowest and stay pruned. Leaves of up to ``sort_above`` entries are
+    selected with ``threshold.layer_keep``, larger ones by a stable sort (both exact).
+
+    >>> count_mask({"a": jnp.array([3., 1., 2.]), "b": None}, {"a": 2, "b": None}, {"a": jnp.ones(3), "b": jnp.ones(1)})
+    {'a': Array([1., 0., 1.], dtype=float32), 'b': Array([1.], dtype=float32)}
+    """
+    scores = _demote_pruned(scores, mask)
+    keep = jax.tree.map(lambda s, c: None if s is None else _keep_top(s, c, sort_above), scores, counts,
+                        is_leaf=_is_none)  # fmt: skip
+    return _to_mask(keep, params, mask)
+
+
+def exponential_fractions(fraction: Any, rounds: int) -> jax.Array:
+    """The kept fraction after each of ``rounds`` rounds: ``fraction ** (r / rounds)``, r = 1..rounds.
+
+    The last is ``fraction`` itself (float32), so ``rounds`` rounds end exactly at ``fraction``
+    (SynFlow's exponential schedule, Tanaka et al., 2020).
+
+    >>> exponential_fractions(0.25, 2)
+    Array([0.5 , 0.25], dtype=float32)
+    """
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
+    fraction = jnp.asarray(fraction, jnp.float32)
+    steps = jnp.arange(1, rounds + 1, dtype=jnp.float32) / rounds
+    return (fraction**steps).at[-1].set(fraction)
+
+
 # ----------------------------------------------------------------------------- scopes
 
 
@@ -186,6 +252,25 @@ def _check_given(name: str, needs: frozenset[str], given: Mapping[str, Any]) -> 
     for need in sorted(needs):
         if given[need] is None:
             raise ValueError(f"strategy {name!r} needs {_WHAT[need]}, got None")
+    if "apply" in needs and given.get("input_shape") is None:
+        raise ValueError(f"strategy {name!r} needs input_shape=..., one example's shape without the batch axis, "
+                         "with apply=...")  # fmt: skip
+
+
+def _given(grads, key, activations, loss, apply, input_shape) -> dict[str, Any]:
+    return {"grads": grads, "activations": activations, "key": key, "loss": loss, "apply": apply,
+            "input_shape": None if input_shape is None else tuple(input_shape)}  # fmt: skip
+
+
+def _declared(given: Mapping[str, Any], needs: frozenset[str]) -> dict[str, Any]:
+    """``given`` with the undeclared inputs set to ``None`` (``input_shape`` goes with ``apply``)."""
+    return {k: (v if k in needs or (k == "input_shape" and "apply" in needs) else None) for k, v in given.items()}
+
+
+def _offered(fn: Callable[..., Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords of ``inputs`` that ``fn`` accepts; one it does not accept goes only if given."""
+    accepted = _keywords(fn)
+    return {k: v for k, v in inputs.items() if accepted is None or k in accepted or v is not None}
 
 
 # ----------------------------------------------------------------------------- strategies
@@ -200,11 +285,19 @@ class Strategy:
 
     Attributes:
         name: the name results carry.
-        score: ``score(params, grads, *, key, activations, selection) -> scores`` (arrays on
-            prunable leaves, ``None`` elsewhere; inputs not declared in ``needs`` are ``None``).
+        score: ``score(params, grads, *, key, activations, loss, apply, input_shape, selection)
+            -> scores`` (arrays on prunable leaves, ``None`` elsewhere; inputs not declared in
+            ``needs`` are ``None``; a score need not take ``loss``, ``apply`` or ``input_shape``
+            unless it declares them).
         scope: how scores become a mask (:data:`GLOBAL`, :data:`PER_TENSOR`, ...).
-        needs: the inputs the score uses, some of ``"grads"``, ``"activations"``, ``"key"``.
+        needs: the inputs the score uses, some of :data:`NEEDS`.
         doc: one line for listings (the paper it comes from).
+        rounds: ``1`` scores once. ``n > 1`` prunes in ``n`` rounds inside one ``lax.fori_loop``:
+            round ``r`` scores ``params * mask`` (the mask after round ``r - 1``) and keeps
+            ``exponential_fractions(fraction, n)[r - 1]``, entries pruned in earlier rounds
+            staying pruned. The other inputs (gradients, ...) are not recomputed between rounds.
+
+    ``reinit`` is ``False``: the runner finetunes the found weights (see ``controls.reinit``).
     """
 
     name: str
@@ -212,10 +305,14 @@ class Strategy:
     scope: Scope = GLOBAL
     needs: frozenset[str] = frozenset()
     doc: str = ""
+    rounds: int = 1
+    reinit: ClassVar[bool] = False
 
     def __post_init__(self):
         object.__setattr__(self, "needs", _needs(self.needs))
         object.__setattr__(self, "scope", _scope(self.scope))
+        if not isinstance(self.rounds, int) or isinstance(self.rounds, bool) or self.rounds < 1:
+            raise ValueError(f"strategy {self.name!r}: rounds must be a positive int, got {self.rounds!r}")
 
     def __call__(
         self,
@@ -227,26 +324,48 @@ class Strategy:
         activations: Mapping[str, jax.Array] | None = None,
         mask: Mask | None = None,
         selection: Selection = DEFAULT,
+        loss: Callable[[Params], jax.Array] | None = None,
+        apply: Callable[[Params, jax.Array], jax.Array] | None = None,
+        input_shape: tuple[int, ...] | None = None,
     ) -> Mask:
         """The mask keeping ``fraction`` of the prunable entries of ``params``."""
-        given = {"grads": grads, "activations": activations, "key": key}
+        given = _given(grads, key, activations, loss, apply, input_shape)
         _check_given(self.name, self.needs, given)
-        inputs = {k: (v if k in self.needs else None) for k, v in given.items()}
-        scores = self.score(params, inputs.pop("grads"), selection=selection, **inputs)
-        return self.scope.mask(scores, fraction, params, mask=mask)
+        inputs = _declared(given, self.needs)
+        grads = inputs.pop("grads")
+        kwargs = _offered(self.score, {**inputs, "selection": selection})
+
+        def once(masked: Params, fraction: Any, mask: Mask | None) -> Mask:
+            return self.scope.mask(self.score(masked, grads, **kwargs), fraction, params, mask=mask)
+
+        if self.rounds == 1:
+            return once(params, fraction, mask)
+        fractions = exponential_fractions(fraction, self.rounds)
+        start = masks_lib.ones_like(params) if mask is None else masks_lib.combine(masks_lib.ones_like(params), mask)
+        step = lambda r, current: once(masks_lib.apply_mask(params, current), fractions[r], current)
+        current = lax.fori_loop(0, self.rounds - 1, step, start)
+        return once(masks_lib.apply_mask(params, current), fraction, current)
 
 
 def make(
-    score: ScoreFn, scope: str | Scope = "global", *, needs: Any = (), name: str | None = None, doc: str = ""
+    score: ScoreFn,
+    scope: str | Scope = "global",
+    *,
+    needs: Any = (),
+    name: str | None = None,
+    doc: str = "",
+    rounds: int = 1,
 ) -> Strategy:
     """A strategy from a score function and a scope (``"global"``, ``"layer"`` or a Scope value).
+
+    ``rounds > 1`` makes it iterative (see :class:`Strategy`).
 
     >>> square = make(lambda params, grads, *, selection, **_: map_prunable(jnp.square, params, selection=selection))
     >>> square({"c": {"kernel": jnp.array([[1., -3.], [2., 0.]])}}, None, 0.5, selection=Selection(classifier=None))
     {'c': {'kernel': Array([[0., 1.],
            [1., 0.]], dtype=float32)}}
     """
-    return Strategy(name or getattr(score, "__name__", "strategy"), score, scope, needs, doc)
+    return Strategy(name or getattr(score, "__name__", "strategy"), score, scope, needs, doc, rounds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,29 +373,33 @@ class FunctionStrategy:
     """A plain function with the design card's signature, as a strategy.
 
     ``needs`` are read from the signature unless given (or set as ``fn.needs``): a parameter
-    named ``grads``, ``activations`` or ``key`` declares that input, so the design card's
-    ``(params, grads, fraction, ...)`` asks for gradients; name it ``_grads`` to decline them
-    (the function then gets ``None``). The function receives exactly the keywords
-    its signature names (``mask`` and ``selection`` when it takes them, or everything given
-    through ``**kwargs``).
+    named ``grads``, ``activations``, ``key``, ``loss`` or ``apply`` declares that input, so the
+    design card's ``(params, grads, fraction, ...)`` asks for gradients; name it ``_grads`` to
+    decline them (the function then gets ``None``). The function receives exactly the keywords
+    its signature names (``mask``, ``selection`` and ``input_shape`` when it takes them, or
+    everything given through ``**kwargs``); ``loss``, ``apply`` and ``input_shape`` are ``None``
+    unless declared.
     """
 
     name: str
     fn: Callable[..., Mask]
     needs: frozenset[str] = frozenset()
     doc: str = ""
+    reinit: ClassVar[bool] = False
 
     def __post_init__(self):
         object.__setattr__(self, "needs", _needs(self.needs))
 
     def __call__(self, params, grads=None, fraction=1.0, *, key=None, activations=None, mask=None,
-                 selection: Selection = DEFAULT) -> Mask:  # fmt: skip
-        given = {"grads": grads, "activations": activations, "key": key}
+                 selection: Selection = DEFAULT, loss=None, apply=None, input_shape=None) -> Mask:  # fmt: skip
+        given = _given(grads, key, activations, loss, apply, input_shape)
         _check_given(self.name, self.needs, given)
+        declared = _declared(given, self.needs)
         accepted = _keywords(self.fn)
-        offered = {"key": key, "activations": activations, "mask": mask, "selection": selection}
+        new = {k: declared[k] for k in ("loss", "apply", "input_shape")}
+        offered = {"key": key, "activations": activations, "mask": mask, "selection": selection, **new}
         kwargs = {k: v for k, v in offered.items() if accepted is None or k in accepted}
-        return self.fn(params, grads if "grads" in self.needs else None, fraction, **kwargs)
+        return self.fn(params, declared["grads"], fraction, **kwargs)
 
 
 def _keywords(fn: Callable[..., Any]) -> frozenset[str] | None:
