@@ -264,17 +264,23 @@ class _Job:
     rows: list[list[dict[str, Any]]] = dataclasses.field(default_factory=list)
 
 
-def _train(setup: Setup, job: _Job, variables: list[Variables], masks: list[Mask], updates, folder: Path | None):
-    """Trains the job's models from ``variables`` with ``masks``; ``(variables, history, epochs, mask)`` each."""
-    settings = job.configs[0].settings
+def _train(setup: Setup, configs: list[ExperimentConfig], variables: list[Variables], masks: list[Mask], updates,
+           folder: Path | None):  # fmt: skip
+    """Trains one model per config from ``variables`` with ``masks``; ``(variables, history, epochs, mask)`` each."""
+    settings = configs[0].settings
     if settings.epochs == 0:
         return [(_masked(v, m), [], 0, m) for v, m in zip(variables, masks)]
     results = finetune_many(setup.model, variables, masks, setup.train, setup.val, settings,
-                            [experiment_keys(config.seed)["finetune"] for config in job.configs],
+                            [experiment_keys(config.seed)["finetune"] for config in configs],
                             transform_train=setup.transform(True), transform_eval=setup.transform(False),
                             updates=updates, checkpoint_dir=folder,
                             execution="sequential" if len(variables) == 1 else "auto")  # fmt: skip
     return [(r.variables, r.history, r.epochs, r.mask) for r in results]
+
+
+def _reinit(config: ExperimentConfig) -> bool:
+    """Whether ``config``'s strategy is a reinitialization control (``reinit(METHOD)``)."""
+    return config.strategy != REFERENCE and bool(getattr(strategies.resolve(config.strategy), "reinit", False))
 
 
 def _round(setup: Setup, job: _Job, r: int, fractions: list[tuple[float, ...]], folder: Path | None,
@@ -292,10 +298,13 @@ def _round(setup: Setup, job: _Job, r: int, fractions: list[tuple[float, ...]], 
         masks = [masks_lib.ones_like(v["params"]) for v in job.trained]
     else:
         masks = [schedule.start(ctx, v, m) for ctx, v, m in zip(contexts, job.trained, job.masks)]
-    weights = list(job.start if r == 0 or job.rewind is None else job.rewind)
-    for i, config in enumerate(configs):
-        if r >= 1 and config.strategy != REFERENCE and getattr(strategies.resolve(config.strategy), "reinit", False):
-            weights[i] = fresh_variables(setup, experiment_keys(config.seed)["reinit"])
+    tickets = list(job.start if r == 0 or job.rewind is None else job.rewind)
+    weights = [fresh_variables(setup, experiment_keys(c.seed)["reinit"]) if r >= 1 and _reinit(c) else w
+               for c, w in zip(configs, tickets)]  # fmt: skip
+    # A reinitialization control of iterative pruning keeps the method's masks: a ticket trained
+    # alongside it (a shadow model) gives the weights the next round prunes and rewinds to.
+    shadows = [i for i, c in enumerate(configs)
+               if r >= 1 and _reinit(c) and schedule.rewind is not None and r < len(fractions[i])]  # fmt: skip
     before = [accuracy(setup, _masked(v, m), setup.test) for v, m in zip(weights, masks)]
     captured: list = []
     first = r == 0 or (r == 1 and job.rewind is None)
@@ -312,21 +321,31 @@ def _round(setup: Setup, job: _Job, r: int, fractions: list[tuple[float, ...]], 
                 store.save(capture_step, captured[0], {})
 
     capture = capture if capture_step is not None else None
-    updates = mask_updates(schedule if r >= 1 else schedules_lib.DEFAULT, contexts, configs[0].settings, capture, capture_step)
+    everyone = [*range(len(configs)), *shadows]  # the job's models, then the shadow tickets
+    updates = mask_updates(schedule if r >= 1 else schedules_lib.DEFAULT, [contexts[i] for i in everyone],
+                           configs[0].settings, capture, capture_step)  # fmt: skip
     prepared = time.perf_counter() - start
     start = time.perf_counter()
-    trained = _train(setup, job, weights, masks, updates, folder)
+    trained = _train(setup, [configs[i] for i in everyone], weights + [tickets[i] for i in shadows],
+                     masks + [masks[i] for i in shadows], updates, folder)  # fmt: skip
     share = (time.perf_counter() - start) / len(configs)
+    follow = list(range(len(configs)))  # the model whose weights each experiment's next round uses
+    for j, i in enumerate(shadows):
+        follow[i] = len(configs) + j
     if captured:
-        job.rewind = [{k: v[k] for k in s} for v, s in zip(stacked.unstack(captured[0]), job.start)]
+        points = stacked.unstack(captured[0])
+        job.rewind = [{k: points[follow[i]][k] for k in s} for i, s in enumerate(job.start)]
     elif r == 0 or (r == 1 and job.rewind is None and schedule.rewind == "init"):
         job.rewind = list(job.start)
     rows = []
-    for i, (config, (variables, history, epochs, mask)) in enumerate(zip(configs, trained)):
+    for i, config in enumerate(configs):
+        variables, history, epochs, mask = trained[i]
         if epochs == 0 and r >= 1 and schedule.final(total) > 0:  # no training: the final mask at once
             mask = contexts[i].prune(variables, contexts[i].fraction, mask, 0)
             variables = _masked(variables, mask)
         job.trained[i], job.masks[i] = variables, mask
+        if follow[i] != i:  # the shadow ticket's weights and mask go on
+            job.trained[i], job.masks[i] = trained[follow[i]][0], trained[follow[i]][3]
         if r >= 1:
             rows.append(_row(setup, config, mask, before[i], (variables, history, epochs), r,
                              prepared / len(configs) + share))  # fmt: skip

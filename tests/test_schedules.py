@@ -232,3 +232,28 @@ def test_kill_9_during_a_gradual_run_resumes_to_identical_results(tmp_path):
     tables = [results.aggregate(results.Store.open(tmp_path / f).rows()).drop(columns=["wall_time"])
               for f in ("reference", "killed")]  # fmt: skip
     assert tables[0].to_dict("records") == tables[1].to_dict("records")
+
+
+def test_the_reinit_control_of_iterative_pruning_keeps_the_tickets_masks(setup, monkeypatch):
+    """reinit(M) trains M's masks from a fresh initialization; a shadow ticket follows M's rounds."""
+    calls = []
+    real = experiment.finetune_many
+
+    def spy(model, variables, masks, *args, **kwargs):
+        calls.append((variables, masks))
+        return real(model, variables, masks, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "finetune_many", spy)
+    schedule = {"name": "iterative", "rounds": 2}
+    ticket = experiment.run_experiment(setup, config(schedule=schedule))
+    tickets, calls[:] = list(calls), []
+    control = experiment.run_experiment(setup, config(strategy="reinit(global_magnitude)", schedule=schedule))
+    assert [len(v) for v, _ in tickets] == [1, 1, 1] and [len(v) for v, _ in calls] == [1, 2, 1]  # round 0 is dense
+    for (_, want), (_, got) in zip(tickets, calls):
+        for m in got:  # the control and its shadow train the ticket's masks
+            jax.tree.map(np.testing.assert_array_equal, m, want[0])
+    for (v_ticket, _), (v_control, _) in zip(tickets[1:], calls[1:]):
+        assert not np.array_equal(jax.tree.leaves(v_control[0])[-1], jax.tree.leaves(v_ticket[0])[-1])  # reinitialized
+        if len(v_control) == 2:
+            jax.tree.map(np.testing.assert_array_equal, v_control[1], v_ticket[0])  # the shadow is the ticket
+    assert [r["compression"] for r in (*control["rounds"], control)] == [r["compression"] for r in (*ticket["rounds"], ticket)]
