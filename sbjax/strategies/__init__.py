@@ -1,11 +1,22 @@
-"""Pruning strategies: values built from a score and a scope, the seven baselines, the registry.
+"""Pruning strategies: values built from a score and a scope, the baselines, at-init methods, the registry.
 
-A strategy is a pure function ``(params, grads, fraction, *, key, activations, mask, selection)
--> mask``; ``fraction`` is the kept fraction of the *prunable* entries (ShrinkBench's meaning).
-The library builds them as small frozen values (:func:`make`: a score function, a scope and the
-inputs it needs); a plain function with that signature is a valid strategy too. See
-``sbjax.strategies.core`` for the value, ``baselines`` for ShrinkBench's seven and ``registry``
-for names and ``"package.module:attr"`` import paths.
+A strategy is a pure function ``(params, grads, fraction, *, key, activations, mask, selection,
+loss, apply, input_shape) -> mask``; ``fraction`` is the kept fraction of the *prunable* entries
+(ShrinkBench's meaning). The library builds them as small frozen values (:func:`make`: a score
+function, a scope, the inputs it needs, and the rounds when iterative); a plain function with
+that signature is a valid strategy too. See ``sbjax.strategies.core`` for the value,
+``baselines`` for ShrinkBench's seven, ``at_init`` for pruning at initialization and
+``registry`` for names and ``"package.module:attr"`` import paths.
+
+| strategy | score | scope | needs |
+| --- | --- | --- | --- |
+| ``random`` | uniform noise | global | key |
+| ``global_magnitude`` / ``layer_magnitude`` | ``|w|`` (Han et al., 2015) | global / per tensor | |
+| ``global_gradient`` / ``layer_gradient`` | ``|w * dL/dw|`` (Molchanov et al., 2017) | global / per tensor | grads |
+| ``global_activation`` / ``layer_activation`` | ``|w * a|`` (ShrinkBench) | global / per tensor | activations |
+| ``snip`` | ``|w * dL/dw|`` at initialization (Lee et al., 2019) | global | grads |
+| ``grasp`` | ``w * Hg`` (Wang et al., 2020) | global | loss |
+| ``synflow`` | ``|w| * dR/d|w|``, 100 rounds (Tanaka et al., 2020) | global, iterative | apply |
 
 Writing one takes a score and a scope, e.g. keeping whole output channels by their L2 norm,
 per layer (every entry of a channel gets the channel's score; ``layer_mask`` keeps exactly
@@ -18,6 +29,7 @@ per layer (every entry of a channel gets the channel's score; ``layer_mask`` kee
     layer_l2 = strategies.make(channel_l2, "layer", name="layer_l2")
 """
 
+from sbjax.strategies.at_init import AT_INIT, grasp, grasp_score, snip, synflow, synflow_score, synflow_strategy
 from sbjax.strategies.baselines import (
     BASELINES,
     activation_score,
@@ -41,6 +53,8 @@ from sbjax.strategies.core import (
     PerTensor,
     Scope,
     Strategy,
+    count_mask,
+    exponential_fractions,
     from_function,
     global_mask,
     layer_mask,
@@ -51,6 +65,7 @@ from sbjax.strategies.core import (
 from sbjax.strategies.registry import REGISTRY, get, names, register, resolve
 
 __all__ = [
+    "AT_INIT",
     "BASELINES",
     "GLOBAL",
     "NEEDS",
@@ -62,6 +77,8 @@ __all__ = [
     "Scope",
     "Strategy",
     "activation_score",
+    "count_mask",
+    "exponential_fractions",
     "from_function",
     "get",
     "global_activation",
@@ -69,6 +86,8 @@ __all__ = [
     "global_magnitude",
     "global_mask",
     "gradient_score",
+    "grasp",
+    "grasp_score",
     "layer_activation",
     "layer_gradient",
     "layer_magnitude",
@@ -82,4 +101,8 @@ __all__ = [
     "random_score",
     "register",
     "resolve",
+    "snip",
+    "synflow",
+    "synflow_score",
+    "synflow_strategy",
 ]

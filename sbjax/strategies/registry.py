@@ -15,6 +15,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from sbjax.strategies.at_init import AT_INIT
 from sbjax.strategies.baselines import BASELINES
 from sbjax.strategies.core import FunctionStrategy, Strategy, from_function
 
@@ -22,7 +23,7 @@ __all__ = ["REGISTRY", "get", "names", "register", "resolve"]
 
 AnyStrategy = Strategy | FunctionStrategy
 
-_registered: dict[str, AnyStrategy] = {strategy.name: strategy for strategy in BASELINES}
+_registered: dict[str, AnyStrategy] = {strategy.name: strategy for strategy in BASELINES + AT_INIT}
 #: The registered strategies by name (read-only; add with :func:`register`).
 REGISTRY: Mapping[str, AnyStrategy] = types.MappingProxyType(_registered)
 
@@ -50,7 +51,7 @@ def register(name: str, strategy: AnyStrategy | Callable[..., Any]) -> AnyStrate
 
 
 def names() -> list[str]:
-    """The registered strategy names, baselines first."""
+    """The registered strategy names, baselines first, then the at-initialization ones."""
     return list(_registered)
 
 
