@@ -12,14 +12,18 @@ and ``data_fingerprint``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
+import numbers
 import os
+import types
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union
 
 from sbjax import optim
 from sbjax import schedules as schedules_lib
@@ -36,11 +40,92 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the value and what was expected."""
 
 
+_SINGULAR = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_PLURAL = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    """Whether ``value`` (as JSON gives it: lists for tuples) fits the type hint ``hint``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_accepts(a, value) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is Literal:
+        return isinstance(value, str)  # which names are known is checked with its own message
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_accepts(args[0], v) for v in value)
+        return len(value) == len(args) and all(_accepts(a, v) for a, v in zip(args, value))
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        kind = numbers.Integral if hint is int else numbers.Real
+        return isinstance(value, kind) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return not isinstance(hint, type) or isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    """``hint`` in words: ``"a list of integers"``, ``"an integer or null"``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return f"a list of {_PLURAL.get(args[0], 'values')}"
+    if origin is Literal:
+        return "a string"
+    return _SINGULAR.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _check_types(hints: Mapping[str, Any], values: Mapping[str, Any], prefix: str = "", *,
+                 expected: Mapping[str, str] | None = None, paths: Sequence[str] = ()) -> None:  # fmt: skip
+    """Raises one :class:`ConfigError` for the first of ``values`` that does not fit its type in ``hints``.
+
+    The message names the key (``prefix`` + name), the value and the type expected (``expected``
+    words it for some keys); the keys in ``paths`` take an ``os.PathLike`` too.
+
+    >>> _check_types({"seeds": tuple[int, ...]}, {"seeds": [2.5]})
+    Traceback (most recent call last):
+    ...
+    sbjax.config.ConfigError: seeds: [2.5] is not a list of integers
+    """
+    for name, value in values.items():
+        if name not in hints or (name in paths and isinstance(value, os.PathLike)):
+            continue
+        if not _accepts(hints[name], value):
+            words = (expected or {}).get(name) or _describe(hints[name])
+            raise ConfigError(f"{prefix}{name}: {_as_given(value)!r} is not {words}")
+
+
+def _as_given(value: Any) -> Any:
+    """``value`` as a config file writes it: tuples as lists."""
+    return [_as_given(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+@functools.cache
+def _override_hints() -> dict[str, Any]:
+    """The type of each finetune override key (``sbjax.optim.OVERRIDE_KEYS``), from the dataclasses' fields."""
+    hints = typing.get_type_hints(optim.OptimizerConfig) | typing.get_type_hints(optim.FinetuneConfig)
+    return {key: hints["name" if key == "optimizer" else key] for key in FINETUNE_KEYS}
+
+
 def _freeze(mapping: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
-    items = dict(mapping.items() if isinstance(mapping, Mapping) else mapping)
+    if not isinstance(mapping, (Mapping, list, tuple)):
+        raise ConfigError(f"finetune: {mapping!r} is not a mapping of finetune settings")
+    try:
+        items = dict(mapping.items() if isinstance(mapping, Mapping) else mapping)
+    except (TypeError, ValueError):
+        raise ConfigError(f"finetune: {mapping!r} is not a mapping of finetune settings") from None
     unknown = sorted(set(items) - set(FINETUNE_KEYS))
     if unknown:
         raise ConfigError(f"unknown finetune setting(s) {unknown}; expected some of {list(FINETUNE_KEYS)}")
+    _check_types(_override_hints(), items, "finetune.")
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items.items()))
 
 
@@ -112,6 +197,8 @@ class ExperimentConfig:
     data_fingerprint: str | None = None
 
     def __post_init__(self):
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "finetune"}
+        _check_types(_hints(ExperimentConfig), values, paths=("checkpoint", "data_dir"))
         object.__setattr__(self, "finetune", _freeze(self.finetune))
         object.__setattr__(self, "schedule", _schedule(self.schedule))
         object.__setattr__(self, "compression", float(self.compression))
@@ -216,8 +303,14 @@ class SweepConfig:
             if not value:
                 raise ConfigError(f"sweep {field} is empty; expected at least one value")
             object.__setattr__(self, field, tuple(value))
-        object.__setattr__(self, "schedules", tuple(dict.fromkeys(_schedule(s) for s in self.schedules)))
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "finetune"}
         checkpoints = self.checkpoints.items() if isinstance(self.checkpoints, Mapping) else self.checkpoints
+        values["checkpoints"] = list(checkpoints) if isinstance(checkpoints, (Iterable)) and not isinstance(
+            checkpoints, str) else checkpoints  # fmt: skip
+        _check_types(_hints(SweepConfig), values, expected={"checkpoints": "a mapping of model names to checkpoints"},
+                     paths=("data_dir",))  # fmt: skip
+        _check_unique(self)
+        object.__setattr__(self, "schedules", tuple(dict.fromkeys(_schedule(s) for s in self.schedules)))
         object.__setattr__(self, "checkpoints", tuple(sorted(tuple(p) for p in checkpoints)))
         object.__setattr__(self, "finetune", _freeze(self.finetune))
         if isinstance(self.models_per_job, bool) or not isinstance(self.models_per_job, int) or self.models_per_job < 1:
@@ -249,6 +342,20 @@ class SweepConfig:
         return out
 
 
+def _check_unique(sweep: SweepConfig) -> None:
+    """Refuses a grid value given twice (``seeds=[0, 0]``): the sweep would run fewer experiments than it lists."""
+    for field in ("datasets", "models", "strategies", "compressions", "seeds"):
+        values = [float(v) if field == "compressions" else v for v in getattr(sweep, field)]
+        repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if repeated:
+            raise ConfigError(f"sweep {field} repeats {repeated}: give each value once")
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def shipped() -> dict[str, Path]:
     """The sweep configurations shipped with sbjax, by name."""
     folder = resources.files("sbjax") / "configs"
@@ -262,7 +369,7 @@ def _from_mapping(raw: Mapping[str, Any], origin: str) -> SweepConfig:
         raise ConfigError(f"{origin}: unknown key(s) {unknown}; expected some of {sorted(fields)}")
     try:
         return SweepConfig(**raw)
-    except TypeError as error:
+    except (TypeError, ConfigError) as error:
         raise ConfigError(f"{origin}: {error}") from None
 
 
