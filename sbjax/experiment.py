@@ -226,14 +226,15 @@ def mask_updates(schedule, contexts, settings: FinetuneConfig, capture: Callable
     (the weights iterative pruning rewinds to).
     """
     total = contexts[0].total
-    steps = set(schedule.steps(total)) | ({capture_step} if capture is not None else set())
+    changes = schedule.steps(total)
+    steps = set(changes) | ({capture_step} if capture is not None else set())
     if not steps:
         return None
 
     def update(step, state):
         if capture is not None and step == capture_step:
             capture(variables_of(state))
-        if step not in schedule.steps(total):
+        if step not in changes:
             return state
         new = [schedule.update(step, ctx, stacked.index(variables_of(state), i), stacked.index(state.mask, i))
                for i, ctx in enumerate(contexts)]  # fmt: skip
