@@ -1,12 +1,13 @@
-"""Pruning strategies: values built from a score and a scope, the baselines, at-init methods, the registry.
+"""Pruning strategies: values built from a score and a scope, the baselines, at-init methods, controls.
 
 A strategy is a pure function ``(params, grads, fraction, *, key, activations, mask, selection,
 loss, apply, input_shape) -> mask``; ``fraction`` is the kept fraction of the *prunable* entries
 (ShrinkBench's meaning). The library builds them as small frozen values (:func:`make`: a score
 function, a scope, the inputs it needs, and the rounds when iterative); a plain function with
 that signature is a valid strategy too. See ``sbjax.strategies.core`` for the value,
-``baselines`` for ShrinkBench's seven, ``at_init`` for pruning at initialization and
-``registry`` for names and ``"package.module:attr"`` import paths.
+``baselines`` for ShrinkBench's seven, ``at_init`` for pruning at initialization, ``controls``
+for the checklist's controls and ``registry`` for names and ``"package.module:attr"`` import
+paths.
 
 | strategy | score | scope | needs |
 | --- | --- | --- | --- |
@@ -17,6 +18,11 @@ that signature is a valid strategy too. See ``sbjax.strategies.core`` for the va
 | ``snip`` | ``|w * dL/dw|`` at initialization (Lee et al., 2019) | global | grads |
 | ``grasp`` | ``w * Hg`` (Wang et al., 2020) | global | loss |
 | ``synflow`` | ``|w| * dR/d|w|``, 100 rounds (Tanaka et al., 2020) | global, iterative | apply |
+| ``random_proportions(METHOD)`` | METHOD's per-layer counts, random entries | per tensor | METHOD's + key |
+| ``magnitude_proportions(METHOD)`` | METHOD's per-layer counts, largest ``|w|`` | per tensor | METHOD's |
+| ``reinit(METHOD)`` | METHOD's mask; the runner retrains from a fresh init | METHOD's | METHOD's |
+
+The runner asks ``getattr(strategy, "reinit", False)``; only ``reinit(...)`` controls say True.
 
 Writing one takes a score and a scope, e.g. keeping whole output channels by their L2 norm,
 per layer (every entry of a channel gets the channel's score; ``layer_mask`` keeps exactly
@@ -44,6 +50,7 @@ from sbjax.strategies.baselines import (
     random,
     random_score,
 )
+from sbjax.strategies.controls import CONTROLS, Control, magnitude_proportions, random_proportions, reinit
 from sbjax.strategies.core import (
     GLOBAL,
     NEEDS,
@@ -62,15 +69,17 @@ from sbjax.strategies.core import (
     map_prunable,
     map_prunable_with_path,
 )
-from sbjax.strategies.registry import REGISTRY, get, names, register, resolve
+from sbjax.strategies.registry import REGISTRY, get, names, register, resolve, templates
 
 __all__ = [
     "AT_INIT",
     "BASELINES",
+    "CONTROLS",
     "GLOBAL",
     "NEEDS",
     "PER_TENSOR",
     "REGISTRY",
+    "Control",
     "FunctionStrategy",
     "Global",
     "PerTensor",
@@ -92,17 +101,21 @@ __all__ = [
     "layer_gradient",
     "layer_magnitude",
     "layer_mask",
+    "magnitude_proportions",
     "magnitude_score",
     "make",
     "map_prunable",
     "map_prunable_with_path",
     "names",
     "random",
+    "random_proportions",
     "random_score",
     "register",
+    "reinit",
     "resolve",
     "snip",
     "synflow",
     "synflow_score",
     "synflow_strategy",
+    "templates",
 ]

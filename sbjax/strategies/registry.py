@@ -6,30 +6,38 @@ function with the design card's signature, and result rows carry the path as the
 name. An import path works in any process that can import the module (a new interpreter, a
 worker on another machine); a name added with :func:`register` exists only in the process that
 registered it.
+
+The controls of ``controls`` are templates over any such name: ``"random_proportions(snip)"``,
+``"magnitude_proportions(mypackage.module:attr)"``, ``"reinit(global_magnitude)"`` resolve to
+equal values on every call (so caches keyed on them hit), named by the string itself.
+:func:`templates` lists them for a listing next to :func:`names`.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from sbjax.strategies.at_init import AT_INIT
 from sbjax.strategies.baselines import BASELINES
+from sbjax.strategies.controls import CONTROLS, Control, templates
 from sbjax.strategies.core import FunctionStrategy, Strategy, from_function
 
-__all__ = ["REGISTRY", "get", "names", "register", "resolve"]
+__all__ = ["REGISTRY", "get", "names", "register", "resolve", "templates"]
 
-AnyStrategy = Strategy | FunctionStrategy
+AnyStrategy = Strategy | FunctionStrategy | Control
 
 _registered: dict[str, AnyStrategy] = {strategy.name: strategy for strategy in BASELINES + AT_INIT}
+_CONTROL = re.compile(r"\s*(\w+)\s*\((.*)\)\s*")
 #: The registered strategies by name (read-only; add with :func:`register`).
 REGISTRY: Mapping[str, AnyStrategy] = types.MappingProxyType(_registered)
 
 
 def _as_strategy(value: Any, name: str) -> AnyStrategy:
-    if isinstance(value, (Strategy, FunctionStrategy)):
+    if isinstance(value, (Strategy, FunctionStrategy, Control)):
         return value
     if callable(value):
         return from_function(value, name=name)
@@ -51,7 +59,10 @@ def register(name: str, strategy: AnyStrategy | Callable[..., Any]) -> AnyStrate
 
 
 def names() -> list[str]:
-    """The registered strategy names, baselines first, then the at-initialization ones."""
+    """The registered strategy names, baselines first, then the at-initialization ones.
+
+    The controls are templates over these (see :func:`templates`), not names.
+    """
     return list(_registered)
 
 
@@ -73,18 +84,32 @@ def resolve(strategy: str | AnyStrategy | Callable[..., Any]) -> AnyStrategy:
 
     >>> resolve("global_magnitude").needs, sorted(resolve("layer_gradient").needs)
     (frozenset(), ['grads'])
+    >>> control = resolve("random_proportions(snip)")
+    >>> control.name, sorted(control.needs), control == resolve("random_proportions( snip )")
+    ('random_proportions(snip)', ['grads', 'key'], True)
     """
     if isinstance(strategy, str):
         if strategy in _registered:
             return _registered[strategy]
+        control = _CONTROL.fullmatch(strategy)
+        if control and control.group(1) in CONTROLS:
+            return _control(control.group(1), control.group(2))
         module, sep, attr = strategy.partition(":")
-        if sep and module and attr:
+        if sep and module and attr and "(" not in strategy:
             return _as_strategy(_import(strategy), strategy)
         raise ValueError(
             f"unknown strategy {strategy!r}; known strategies: {', '.join(_registered)}, "
-            "or an import path such as 'mypackage.module:my_strategy'"
+            "an import path such as 'mypackage.module:my_strategy', "
+            f"or a control of one: {', '.join(templates())}"
         )
     return _as_strategy(strategy, getattr(strategy, "__name__", "strategy"))
+
+
+def _control(kind: str, inner: str) -> Control:
+    """The control ``kind`` of the strategy named ``inner``, named by the canonical string."""
+    method = resolve(inner.strip())
+    inner_name = method.name if isinstance(method, Control) else inner.strip()
+    return Control(kind, method, f"{kind}({inner_name})")
 
 
 def get(name: str) -> AnyStrategy:
