@@ -9,15 +9,19 @@ from these.
 from __future__ import annotations
 
 import itertools
+import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from sbjax import checkpoints
 from sbjax import train as train_lib
 from sbjax.data.augment import Transform
 from sbjax.data.batches import epoch_batches, eval_batches, steps_per_epoch
@@ -141,10 +145,20 @@ def train_scores(loss: jax.Array, top1: jax.Array, steps: int, batch_size: int) 
     return {"train_loss": float(loss) / steps, "train_top1": int(top1) / (steps * batch_size)}
 
 
-class EpochStore:
-    """Per-epoch orbax checkpoints of a pytree of arrays and JSON metadata; the latest is resumed.
+LAYOUT = 2
+"""The layout of an epoch checkpoint's metadata: 2 records the digest of its arrays (earlier ones did not)."""
 
-    ``settings`` (a string) is saved with each checkpoint; one made with other settings is refused.
+
+class EpochStore:
+    """Per-epoch orbax checkpoints of a pytree of arrays and JSON metadata; the latest good one is resumed.
+
+    ``settings`` (a string) is saved with each checkpoint; one made with other settings is
+    refused (an error: the caller gave one folder to two trainings). Each checkpoint records the
+    digest of its arrays (``sbjax.checkpoints.digest``), checked on restore as pretrained
+    checkpoints are: a damaged checkpoint (arrays or metadata unreadable, or arrays that do not
+    hash to the digest) or one of an older sbjax's layout is discarded with one warning line,
+    and the previous epoch's is tried; with none good, training starts over. The two latest
+    epochs are kept.
     """
 
     def __init__(self, directory: str | Path, settings: str):
@@ -158,21 +172,56 @@ class EpochStore:
     def save(self, epoch: int, arrays: Any, meta: dict[str, Any]) -> None:
         """Saves ``arrays`` (any pytree of arrays) and ``meta`` (JSON-able) as checkpoint ``epoch``."""
         leaves = {f"{i:06d}": leaf for i, leaf in enumerate(jax.tree.leaves(arrays))}
-        meta = {**meta, "settings": self.settings}
+        meta = {**meta, "settings": self.settings, "layout": LAYOUT, "digest": checkpoints.digest(leaves)}
         args = self.ocp.args.Composite(arrays=self.ocp.args.StandardSave(leaves), meta=self.ocp.args.JsonSave(meta))
         self.manager.save(epoch, args=args)
         self.manager.wait_until_finished()
 
     def restore(self, arrays: Any) -> tuple[Any, dict[str, Any]] | None:
-        """The latest ``(arrays, meta)``, arrays with the structure of ``arrays``; ``None`` if none."""
-        latest = self.manager.latest_step()
-        if latest is None:
-            return None
-        meta = self.manager.restore(latest, args=self.ocp.args.Composite(meta=self.ocp.args.JsonRestore())).meta
-        if meta["settings"] != self.settings:
-            raise ValueError(f"checkpoint in {self.manager.directory} was made with other settings: "
-                             f"{meta['settings']}, not {self.settings}")  # fmt: skip
+        """The latest good ``(arrays, meta)``, arrays with the structure of ``arrays``; ``None`` if none.
+
+        Raises:
+            ValueError: the latest readable checkpoint of this layout was made with other settings.
+        """
         leaves, treedef = jax.tree.flatten(arrays)
         target = {f"{i:06d}": leaf for i, leaf in enumerate(leaves)}
-        saved = self.manager.restore(latest, args=self.ocp.args.Composite(arrays=self.ocp.args.StandardRestore(target))).arrays
-        return jax.tree.unflatten(treedef, [jnp.asarray(saved[k]) for k in sorted(saved)]), dict(meta)
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for n, step in enumerate(steps):
+            found = self._restore(step, target)
+            if not isinstance(found, str):
+                saved, meta = found
+                return jax.tree.unflatten(treedef, [jnp.asarray(saved[k]) for k in sorted(saved)]), meta
+            then = "resuming from an earlier epoch" if n + 1 < len(steps) else "training starts over"
+            warnings.warn(f"epoch checkpoint {step} in {self.manager.directory} {found}: discarded, {then}", stacklevel=2)
+            self._discard(step)
+        return None
+
+    def _restore(self, step: int, target: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | str:
+        """Checkpoint ``step``'s ``(arrays, meta)``, or why it cannot be used."""
+        ocp = self.ocp
+        try:
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        except Exception as error:  # orbax and tensorstore raise many kinds
+            return f"has unreadable metadata ({type(error).__name__})"
+        if not isinstance(meta, dict) or "settings" not in meta:
+            return "has unreadable metadata"
+        if meta.get("layout") != LAYOUT or "digest" not in meta:
+            return "was written by an older sbjax (no digest of its arrays)"
+        if meta["settings"] != self.settings:
+            raise ValueError(f"checkpoint in {self.manager.directory} was made with other settings: "
+                             f"{meta['settings']}, not {self.settings}; a folder holds one training's checkpoints")  # fmt: skip
+        try:
+            saved = self.manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(target))).arrays
+        except Exception as error:
+            return f"has unreadable arrays ({type(error).__name__})"
+        saved = {k: np.asarray(saved[k]) for k in sorted(saved)}
+        if set(saved) != set(target) or checkpoints.digest(saved) != meta["digest"]:
+            return "holds arrays that do not match their recorded digest (damaged)"
+        return saved, {k: v for k, v in meta.items() if k not in ("layout", "digest")}
+
+    def _discard(self, step: int) -> None:
+        try:
+            self.manager.delete(step)
+        except Exception:  # noqa: BLE001 - a step orbax cannot read may not be deletable through it
+            shutil.rmtree(Path(self.manager.directory) / str(step), ignore_errors=True)
+        self.manager.reload()
