@@ -219,7 +219,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _report(folder: str, plot: bool) -> int:
-    """Prints a results folder's summary table and report card; writes the CSVs (and plots)."""
+    """Prints a results folder's summary table and report card; writes the CSVs, the report card (and plots)."""
+    from pathlib import Path
+
     import pandas as pd
 
     from sbjax import plots, results
@@ -228,41 +230,65 @@ def _report(folder: str, plot: bool) -> int:
     if frame.empty:
         raise UserError(f"no finished experiments in {folder!r}")
     summary = results.summarize(frame)
-    columns = ["model", "dataset", "strategy", "schedule", "compression", "seeds", "top1_mean", "top1_std", "pre_top1_mean",
-               "speedup_mean", "real_compression_mean"]  # fmt: skip
-    with pd.option_context("display.max_rows", None, "display.width", 160, "display.float_format", "{:.4f}".format):
+    columns = ["model", "dataset", "strategy", "schedule", "compression", *results.varying_settings(frame), "seeds",
+               "top1_mean", "top1_std", "pre_top1_mean", "speedup_mean", "real_compression_mean"]  # fmt: skip
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
+                           "display.float_format", "{:.4f}".format):  # fmt: skip
         print(summary[[c for c in columns if c in summary]].to_string(index=False))
-    print(f"\nresults: {results.export(frame, f'{folder}/results.csv')}")
-    print(f"summary: {results.export(summary, f'{folder}/summary.csv')}")
-    if plot:
-        written = plots.plot_sweep(frame, f"{folder}/plots")
-        print(f"plots:   {', '.join(str(p) for p in written if p.suffix == '.png')}")
     problems = plots.report_card(frame)
-    print("report card: " + ("complete" if not problems else f"{len(problems)} problem(s)"))
-    for problem in problems:
-        print(f"  - {problem}")
+    card = "report card: " + ("complete" if not problems else f"{len(problems)} problem(s)")
+    card += "".join(f"\n  - {problem}" for problem in problems)
+    if not os.access(folder, os.W_OK):  # reading needs no write access
+        print(f"\n{folder} is read-only: results.csv, summary.csv and report_card.txt not written")
+    else:
+        print(f"\nresults: {results.export(frame, f'{folder}/results.csv')}")
+        print(f"summary: {results.export(summary, f'{folder}/summary.csv')}")
+        if plot:
+            written = plots.plot_sweep(frame, f"{folder}/plots")
+            print(f"plots:   {', '.join(str(p) for p in written if p.suffix == '.png')}")
+        path = f"{folder}/report_card.txt"
+        results.write_atomic(Path(path), lambda f: f.write(card + "\n"))
+        print(f"card:    {path}")
+    print(card)
     return 0
 
 
 def _add_results(subparsers) -> None:
     p = subparsers.add_parser("results", help="aggregate a results folder: table, CSVs and report card")
-    p.add_argument("folder", help="a results folder written by `sbjax run`")
-    p.set_defaults(func=lambda args: _report(args.folder, plot=False))
+    p.add_argument("folder", nargs="?", help="a results folder written by `sbjax run` (or --results DIR)")
+    p.add_argument("--results", dest="results_flag", metavar="DIR", help="the results folder, as in `sbjax run`")
+    p.set_defaults(func=_cmd_results)
+
+
+def _results_folder(args: argparse.Namespace) -> str:
+    """The folder of ``results``/``plot``: positional or ``--results``, not two different ones."""
+    if args.folder and args.results_flag and args.folder != args.results_flag:
+        raise UserError(f"two results folders: {args.folder!r} and --results {args.results_flag!r}; give one")
+    folder = args.folder or args.results_flag
+    if not folder:
+        raise UserError("which results folder? give it as `sbjax results DIR` or `--results DIR`")
+    return folder
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    return _report(_results_folder(args), plot=False)
 
 
 def _add_plot(subparsers) -> None:
     p = subparsers.add_parser("plot", help="plot a results folder: accuracy vs compression and vs speedup")
-    p.add_argument("folder", help="a results folder written by `sbjax run`")
+    p.add_argument("folder", nargs="?", help="a results folder written by `sbjax run` (or --results DIR)")
+    p.add_argument("--results", dest="results_flag", metavar="DIR", help="the results folder, as in `sbjax run`")
     p.set_defaults(func=_cmd_plot)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from sbjax import plots, results
 
-    frame = results.aggregate(results.Store.open(args.folder).rows())
+    folder = _results_folder(args)
+    frame = results.aggregate(results.Store.open(folder).rows())
     if frame.empty:
-        raise UserError(f"no finished experiments in {args.folder!r}")
-    for path in plots.plot_sweep(frame, f"{args.folder}/plots"):
+        raise UserError(f"no finished experiments in {folder!r}")
+    for path in plots.plot_sweep(frame, f"{folder}/plots"):
         print(path)
     return 0
 

@@ -28,8 +28,8 @@ from typing import Any, Literal, Union
 from sbjax import optim
 from sbjax import schedules as schedules_lib
 
-__all__ = ["SCORING", "ConfigError", "ExperimentConfig", "SweepConfig", "finetune_settings", "load_sweep", "parse_set",
-           "shipped"]
+__all__ = ["SCORING", "SETTING_COLUMNS", "ConfigError", "ExperimentConfig", "SweepConfig", "finetune_settings",
+           "load_sweep", "parse_set", "shipped"]
 
 REFERENCE = "none"  # the strategy name of the unpruned reference (compression 1)
 SCORING = ("eval", "train")  # the mode of the model when gradient and activation scores are computed
@@ -254,12 +254,43 @@ class ExperimentConfig:
         text = json.dumps(self.identity(), sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def columns(self) -> dict[str, Any]:
+        """Every setting of the experiment as a result column (:data:`SETTING_COLUMNS`).
+
+        The resolved finetuning settings flattened (``finetune.optimizer.lr``; tuples as JSON
+        text, so a table can group by them), the resolved scoring batch, and the data fields.
+        The schedule, the checkpoint and the preset's name have columns of their own.
+        """
+        flat = _flatten(dataclasses.asdict(self.settings), "finetune.")
+        return flat | dict(val_size=self.val_size, test_size=self.test_size,
+                           score_batch=self.score_batch or self.settings.batch_size, scoring=self.scoring,
+                           data_dir=None if self.data_dir is None else str(self.data_dir))  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         """The fields, with the overrides as a mapping and the resolved settings."""
         settings = dataclasses.asdict(self.settings)
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return fields | {"finetune": dict(self.finetune), "settings": settings,
                          "schedule": schedules_lib.spec(self.schedule)}  # fmt: skip
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    out = {}
+    for key, value in mapping.items():
+        if isinstance(value, Mapping):
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[prefix + key] = json.dumps(list(value)) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+def _setting_columns() -> tuple[str, ...]:
+    fields = dataclasses.asdict(optim.FinetuneConfig())
+    return (*_flatten(fields, "finetune."), "val_size", "test_size", "score_batch", "scoring", "data_dir")
+
+
+SETTING_COLUMNS: tuple[str, ...] = _setting_columns()
+"""The result columns of an experiment's settings (:meth:`ExperimentConfig.columns`)."""
 
 
 def _schedule_identity(schedule: schedules_lib.Schedule) -> dict[str, Any]:

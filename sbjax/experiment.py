@@ -43,7 +43,7 @@ from sbjax import data as data_lib
 from sbjax import masks as masks_lib
 from sbjax import metrics as metrics_lib
 from sbjax import models, scoring, strategies
-from sbjax.config import REFERENCE, ExperimentConfig, SweepConfig
+from sbjax.config import REFERENCE, SETTING_COLUMNS, ExperimentConfig, SweepConfig
 from sbjax.evaluate import evaluate
 from sbjax import schedules as schedules_lib
 from sbjax import stacked
@@ -366,7 +366,8 @@ def _row(setup: Setup, config: ExperimentConfig, mask: Mask, before: dict[str, f
         **efficiency(setup, mask),
         pre_top1=before["top1"], pre_top5=before["top5"], pre_loss=before["loss"],
         top1=after["top1"], top5=after["top5"], loss=after["loss"], val_top1=val, epochs=epochs,
-        wall_time=seconds, history=[{**h, "round": round_} for h in history] if round_ > 1 else history,
+        wall_time=seconds, **config.columns(),
+        history=[{**h, "round": round_} for h in history] if round_ > 1 else history,
     )  # fmt: skip
 
 
@@ -460,8 +461,10 @@ def _label(config: ExperimentConfig, i: int, n: int) -> str:
 def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, log: Callable[[str], None] | None = None) -> list[dict]:
     """Runs every unfinished experiment of ``sweep`` into ``results_dir``; returns all finished rows.
 
-    Finished experiments are skipped; an experiment another process is running is skipped too.
-    Each result is written as soon as it exists. With ``sweep.models_per_job`` K > 1, up to K
+    Finished experiments are skipped; an experiment another process is running is skipped too,
+    and named in one line at the end. A folder holding results of other settings is named in one
+    line at the start (their rows stay apart by their settings columns). Each result is written
+    as soon as it exists. With ``sweep.models_per_job`` K > 1, up to K
     experiments that share a model, a finetuning setup and a schedule are trained together
     (``sbjax.finetune.finetune_many``), with rows equal to those of one-by-one runs.
     """
@@ -470,6 +473,9 @@ def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, log: Callable[[str
     store = Store(results_dir)
     experiments = resolve_all(sweep.experiments())
     labels = {config.id: _label(config, i, len(experiments)) for i, config in enumerate(experiments, 1)}
+    other = _other_settings(store, experiments)
+    if other:
+        log(other)
     setups: dict[tuple, Setup] = {}
     for chunk in _chunks([c for c in experiments if not store.is_done(c.id)], sweep.models_per_job):
         with contextlib.ExitStack() as claims:
@@ -483,7 +489,32 @@ def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, log: Callable[[str
                     log(f"{labels[config.id]}: finished or running elsewhere, skipped")
             if mine:
                 _run_job(store, _setup(setups, mine[0], sweep), mine, labels, log)
+    left = [labels[i] for i in store.left_to_others if i in labels]
+    if left:
+        log(f"left {_count(len(left), 'experiment')} to other processes: {'; '.join(left)}")
     return store.rows()
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _other_settings(store: Store, experiments: Sequence[ExperimentConfig]) -> str | None:
+    """One line if the folder holds results of other settings than ``experiments``' (``None`` if not)."""
+    missing = "unrecorded"  # results written before settings were recorded
+    ids, mine = {c.id for c in experiments}, [c.columns() for c in experiments]
+    keys = {tuple(m[c] for c in SETTING_COLUMNS) for m in mine}
+    others = [row for row in store.rows() if row.get("experiment_id") not in ids
+              and tuple(row.get(c, missing) for c in SETTING_COLUMNS) not in keys]  # fmt: skip
+    if not others:
+        return None
+    differ = []
+    for column in SETTING_COLUMNS:
+        old, new = ({str(r.get(column, missing)) for r in rows} for rows in (others, mine))
+        if old != new:
+            differ.append(f"{column} {'/'.join(sorted(old))} vs {'/'.join(sorted(new))}")
+    return (f"{store.root} already holds {_count(len(others), 'experiment')} with other settings ({'; '.join(differ)}); "
+            "rows are kept apart by their settings columns")  # fmt: skip
 
 
 def _setup(setups: dict[tuple, Setup], config: ExperimentConfig, sweep: SweepConfig) -> Setup:

@@ -15,13 +15,15 @@ a notebook too), and saving PNG and SVG needs no backend.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sbjax.results import summarize
+from sbjax.results import replace_atomic, summarize, varying_settings
 
 __all__ = ["REFERENCE", "plot_sweep", "report_card"]
 
@@ -31,26 +33,55 @@ BASELINES = ("random", "global_magnitude", "layer_magnitude")
 CONTROLS = ("random_proportions", "magnitude_proportions")  # the checklist's same-proportions controls
 
 
-def _line(strategy: str, schedule: str) -> str:
-    return strategy if schedule == "oneshot" else f"{strategy} {schedule}"
+def _line(strategy: str, schedule: str, settings: Sequence[str] = ()) -> str:
+    name = strategy if schedule == "oneshot" else f"{strategy} {schedule}"
+    return name + (f" ({', '.join(settings)})" if settings else "")
+
+
+def _show(value: Any) -> str:
+    if pd.isna(value):
+        return "unrecorded"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _texts(columns: Sequence[str], values: Sequence[Any]) -> tuple[str, ...]:
+    """``("finetune.steps_per_epoch=5", ...)``: the settings that tell a line's rows apart."""
+    return tuple(f"{c}={_show(v)}" for c, v in zip(columns, values))
+
+
+def _same(column: pd.Series, value: Any) -> pd.Series:
+    return column.isna() if pd.isna(value) else column == value
 
 
 def _from_scratch(schedule: str) -> bool:
     return schedule.startswith("at_init") or "scratch=True" in schedule
 
 
-def _lines(summary: pd.DataFrame) -> list[str]:
+def _groups(rows: pd.DataFrame, settings: Sequence[str]):
+    """``((strategy, schedule, setting values), rows)`` of each line's rows."""
+    for (strategy, schedule, *values), group in rows.groupby(["strategy", "schedule", *settings], dropna=False):
+        yield (strategy, schedule, tuple(values)), group
+
+
+def _lines(summary: pd.DataFrame, settings: Sequence[str] = ()) -> list[str]:
     rows = summary[summary["strategy"] != REFERENCE]
-    return sorted({_line(st, sc) for st, sc in zip(rows["strategy"], rows["schedule"])})
+    return sorted({_line(st, sc, _texts(settings, v)) for (st, sc, v), _ in _groups(rows, settings)})
 
 
-def _curves(summary: pd.DataFrame) -> pd.DataFrame:
-    """Each (strategy, schedule)'s summary rows, with its reference row prepended, in a ``line`` column."""
+def _curves(summary: pd.DataFrame, settings: Sequence[str] = ()) -> pd.DataFrame:
+    """Each line's summary rows, with its reference rows prepended, in a ``line`` column.
+
+    A line is a (strategy, schedule) and, where rows of other settings share a folder, its
+    settings; its reference is the one trained with the same settings.
+    """
     references = summary[summary["strategy"] == REFERENCE]
     parts = []
-    for (strategy, schedule), rows in summary[summary["strategy"] != REFERENCE].groupby(["strategy", "schedule"]):
+    for (strategy, schedule, values), rows in _groups(summary[summary["strategy"] != REFERENCE], settings):
         start = references[references["schedule"].map(_from_scratch) == _from_scratch(schedule)]
-        parts += [start.assign(line=_line(strategy, schedule)), rows.assign(line=_line(strategy, schedule))]
+        for column, value in zip(settings, values):
+            start = start[_same(start[column], value)]
+        line = _line(strategy, schedule, _texts(settings, values))
+        parts += [start.assign(line=line), rows.assign(line=line)]
     return pd.concat(parts, ignore_index=True) if parts else summary.iloc[0:0].assign(line=[])
 
 
@@ -67,14 +98,16 @@ def _panel(ax, curves: pd.DataFrame, x: str, y: str, delta: float | None, colors
 def plot_sweep(frame: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str = "top1") -> list[Path]:
     """Writes accuracy-vs-compression and accuracy-vs-speedup plots (and the change variant).
 
-    Returns the written files: ``{metric}_vs_{compression,speedup}[_change].{png,svg}``.
+    Returns the written files: ``{metric}_vs_{compression,speedup}[_change].{png,svg}``, each
+    written to a temporary name and renamed into place (a reader never sees half a plot). Rows
+    of other settings in one folder (``sbjax.results.varying_settings``) are lines of their own.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(frame)
+    summary, settings = summarize(frame), varying_settings(frame)
     panels = sorted(summary.groupby(["model", "dataset"]).groups)
     palette = matplotlib.colormaps["tab10"].colors
-    strategies = _lines(summary)
+    strategies = _lines(summary, settings)
     colors = {name: palette[i % len(palette)] for i, name in enumerate(strategies)}  # same in every panel
     written = []
     for axis, x in X_AXES.items():
@@ -85,7 +118,7 @@ def plot_sweep(frame: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str =
                 rows = summary[(summary["model"] == model) & (summary["dataset"] == dataset)]
                 ref = rows.loc[rows["strategy"] == REFERENCE, f"{metric}_mean"]
                 delta = float(ref.mean()) if change and len(ref) else None
-                _panel(ax, _curves(rows), x, metric, delta, colors)
+                _panel(ax, _curves(rows, settings), x, metric, delta, colors)
                 ax.set_title(f"{model} on {dataset}")
                 ax.set_xlabel("compression (all params / kept)" if axis == "compression" else "theoretical speedup (MACs / kept MACs)")
                 ax.set_ylabel(f"{metric} accuracy change" if change else f"{metric} accuracy")
@@ -96,13 +129,16 @@ def plot_sweep(frame: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str =
             stem = f"{metric}_vs_{axis}" + ("_change" if change else "")
             for ext in ("png", "svg"):
                 path = out_dir / f"{stem}.{ext}"
-                fig.savefig(path, dpi=120)
+                replace_atomic(path, lambda tmp: fig.savefig(tmp, format=ext, dpi=120))  # noqa: B023
                 written.append(path)
     return written
 
 
 def report_card(frame: pd.DataFrame, *, collapse: float = 0.5) -> list[str]:
     """Checks a sweep against the evaluation checklist; returns the problems found (empty: all good).
+
+    Seeds are counted per point (strategy, schedule, compression and settings): rows of other
+    settings in one folder are not seeds of one another.
 
     Args:
         frame: the aggregated results.
@@ -111,6 +147,7 @@ def report_card(frame: pd.DataFrame, *, collapse: float = 0.5) -> list[str]:
     problems = []
     if frame.empty:
         return ["no finished experiments"]
+    settings = varying_settings(frame)
     for (model, dataset), rows in frame.groupby(["model", "dataset"]):
         where = f"{model} on {dataset}"
         strategies = set(rows["strategy"]) - {REFERENCE}
@@ -124,11 +161,13 @@ def report_card(frame: pd.DataFrame, *, collapse: float = 0.5) -> list[str]:
         if missing:
             problems.append(f"{where}: no same-proportions controls (random_proportions(M), magnitude_proportions(M)) "
                             f"for {missing}")  # fmt: skip
-        schedule = rows["schedule"] if "schedule" in rows else pd.Series("oneshot", index=rows.index)
-        seeds = rows.groupby([rows["strategy"], schedule])["seed"].nunique()
-        if (seeds < 2).any():
-            few = sorted({_line(st, sc) for st, sc in seeds[seeds < 2].index})
-            problems.append(f"{where}: fewer than 2 seeds for {few}")
+        problems += _seed_problems(where, rows, settings)
+        if settings:
+            kinds = rows[settings].drop_duplicates()
+            if len(kinds) > 1:
+                differ = "; ".join(f"{c}: {', '.join(_show(v) for v in _sorted(rows[c].unique()))}" for c in settings)
+                problems.append(f"{where}: results of {len(kinds)} settings side by side ({differ}); compare within "
+                                "one, or run the other settings into a folder of their own (--results)")  # fmt: skip
         if rows["flops"].isna().any():
             problems.append(f"{where}: FLOPs missing for some results")
         if rows["compression"].nunique() < 3:
@@ -140,3 +179,21 @@ def report_card(frame: pd.DataFrame, *, collapse: float = 0.5) -> list[str]:
                 f"{reference:.3f}); extend the range"
             )
     return problems
+
+
+def _seed_problems(where: str, rows: pd.DataFrame, settings: Sequence[str]) -> list[str]:
+    """The lines with a point of fewer than 2 seeds, one problem per combination of settings."""
+    if "schedule" not in rows:
+        rows = rows.assign(schedule="oneshot")
+    seeds = rows.groupby(["strategy", "schedule", "compression", *settings], dropna=False)["seed"].nunique()
+    few: dict[tuple[str, ...], set[str]] = {}
+    for (strategy, schedule, _, *values), count in seeds.items():
+        if count < 2:
+            few.setdefault(_texts(settings, values), set()).add(_line(strategy, schedule))
+    return [f"{where}: fewer than 2 seeds for {sorted(lines)}" + (f" ({', '.join(texts)})" if texts else "")
+            for texts, lines in sorted(few.items())]  # fmt: skip
+
+
+def _sorted(values) -> list:
+    """Setting values in order, missing ones last."""
+    return sorted(values, key=lambda v: (pd.isna(v), str(type(v)), 0 if pd.isna(v) else v))

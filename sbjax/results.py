@@ -8,6 +8,10 @@ Layout of a results folder::
         result.json     the result row, written last: its presence means "finished"
         log.jsonl       one line per finetuning epoch
         .lock           held while a process runs the experiment
+      results.csv       every row, with every setting of its experiment as a column
+      summary.csv       means and deviations over seeds (``sbjax run`` / ``sbjax results``)
+      report_card.txt   the evaluation checklist's problems (``sbjax run`` / ``sbjax results``)
+      plots/            accuracy vs compression and vs speedup (``sbjax run`` / ``sbjax plot``)
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
 process killed at any moment leaves either the old file or the new one, never half of one.
@@ -37,6 +41,8 @@ from typing import IO, Any
 
 import pandas as pd
 
+from sbjax.config import SETTING_COLUMNS
+
 __all__ = [
     "COLUMNS",
     "ResultsError",
@@ -44,16 +50,18 @@ __all__ = [
     "aggregate",
     "export",
     "summarize",
+    "varying_settings",
 ]
 
-#: The columns of a result row (SPEC section 8), in display order.
 COLUMNS = (
     "experiment_id", "dataset", "model", "checkpoint", "strategy", "schedule", "round", "compression", "seed", "preset",
     "params_total", "params_nonzero", "real_compression", "macs", "macs_nonzero", "flops",
     "speedup", "memory", "pre_top1", "pre_top5", "pre_loss", "top1", "top5", "loss",
-    "val_top1", "epochs", "wall_time",
+    "val_top1", "epochs", "wall_time", *SETTING_COLUMNS,
 )  # fmt: skip
+"""The columns of a result row (SPEC section 8), the experiment's settings last (``ExperimentConfig.columns``)."""
 GROUP = ("dataset", "model", "strategy", "schedule", "compression")
+SETTINGS = ("checkpoint", "preset", *SETTING_COLUMNS)  # what a rerun may change; measurements are not settings
 ROUNDS = "rounds"  # a row's earlier rounds (iterative pruning), each a row of its own in tables
 METRICS = ("top1", "top5", "loss", "pre_top1", "pre_top5", "speedup", "real_compression", "macs_nonzero", "flops")
 
@@ -346,13 +354,21 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return frame.sort_values(order, kind="stable", ignore_index=True)
 
 
-def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation over seeds of each (dataset, model, strategy, compression).
+def varying_settings(frame: pd.DataFrame) -> list[str]:
+    """The setting columns (:data:`SETTINGS`) whose values differ between rows (a missing value counts as one)."""
+    return [c for c in SETTINGS if c in frame and frame[c].nunique(dropna=False) > 1]
 
-    Columns are ``<metric>_mean`` and ``<metric>_std`` (sample standard deviation, NaN for one
-    seed) plus ``seeds``, the number of seeds.
+
+def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds of each (dataset, model, strategy, schedule, compression).
+
+    Rows whose settings differ (:func:`varying_settings`: reruns into one folder with other
+    settings, or results written before settings were recorded) are kept apart: the varying
+    setting columns group too, after ``compression``. Columns are ``<metric>_mean`` and
+    ``<metric>_std`` (sample standard deviation, NaN for one seed) plus ``seeds``, the number of
+    seeds of each row.
     """
-    groups = frame.groupby(list(GROUP), sort=True, dropna=False)
+    groups = frame.groupby([*GROUP, *varying_settings(frame)], sort=True, dropna=False)
     present = [m for m in METRICS if m in frame and frame[m].notna().any()]
     stats = groups[present].agg(["mean", "std"])
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
@@ -365,18 +381,26 @@ def export(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix not in (".csv", ".parquet"):
         raise ResultsError(f"export path {str(path)!r} must end in .csv or .parquet")
+    write = (lambda tmp: frame.to_csv(tmp, index=False)) if path.suffix == ".csv" else (
+        lambda tmp: frame.to_parquet(tmp, index=False))  # fmt: skip
+    replace_atomic(path, write)
+    return path
+
+
+def replace_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Writes ``path`` by ``write(name)`` of a temporary file in the same folder, then a rename.
+
+    For writers that take a file name (pandas, matplotlib); the file follows the umask, and an
+    exception or a Ctrl-C on the way removes the temporary file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, _file_mode())
         os.close(fd)
-        if path.suffix == ".csv":
-            frame.to_csv(tmp, index=False)
-        else:
-            frame.to_parquet(tmp, index=False)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return path
