@@ -257,3 +257,23 @@ def test_the_reinit_control_of_iterative_pruning_keeps_the_tickets_masks(setup, 
         if len(v_control) == 2:
             jax.tree.map(np.testing.assert_array_equal, v_control[1], v_ticket[0])  # the shadow is the ticket
     assert [r["compression"] for r in (*control["rounds"], control)] == [r["compression"] for r in (*ticket["rounds"], ticket)]
+
+
+def test_the_runner_gives_a_strategy_the_loss_and_the_forward_pass_it_declares(setup):
+    seen = {}
+
+    def spy(params, _grads, fraction, *, loss, apply, input_shape, selection, mask=None):
+        seen.update(logits=apply(params, jax.numpy.ones((2, *input_shape))).shape, shape=input_shape)
+        jax.debug.callback(lambda value: seen.update(loss=float(value)), loss(params))  # the spy runs under jit
+        return experiment.strategies.global_magnitude(params, None, fraction, selection=selection, mask=mask)
+
+    strategy = experiment.strategies.from_function(spy, name="spy")
+    assert strategy.needs == {"loss", "apply"}
+    cfg = config(strategy="global_magnitude")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(experiment.strategies, "resolve", lambda name: strategy)
+        experiment.make_mask(setup, cfg)
+    x, y = experiment._scoring_batch(setup, experiment.experiment_keys(0)["score"], FINETUNE["batch_size"])
+    logits = setup.model.apply(setup.variables, x, train=False)
+    assert seen["loss"] == pytest.approx(float(experiment.scoring.cross_entropy(logits, y)), rel=1e-5)
+    assert seen["shape"] == setup.input_shape and seen["logits"] == (2, 10)
