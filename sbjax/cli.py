@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import warnings
 from collections.abc import Sequence
 
 from sbjax import cpu_settings
@@ -27,13 +29,33 @@ def _add_strategies(subparsers) -> None:
     p.set_defaults(func=_cmd_strategies)
 
 
+def _plain(text: str) -> str:
+    """reStructuredText markup as plain text: ``x`` and :role:`x` become x (:role:`~a.b` becomes b).
+
+    >>> _plain("keeps ``fraction`` (:func:`~sbjax.masks.apply_mask`)")
+    'keeps fraction (apply_mask)'
+    """
+    def role(match: re.Match) -> str:
+        name = match.group(1)
+        return name[1:].rsplit(".", 1)[-1] if name.startswith("~") else name
+
+    text = re.sub(r":[a-z]+:`([^`]+)`", role, text)
+    return re.sub(r"``([^`]+)``", r"\1", text).replace("`", "")
+
+
 def _cmd_strategies(args: argparse.Namespace) -> int:
     from sbjax import strategies
 
     for name, strategy in strategies.REGISTRY.items():
         needs = f"[needs {', '.join(sorted(strategy.needs))}]" if strategy.needs else ""
-        print(f"{name:20s} {strategy.doc} {needs}".rstrip())
+        print(f"{name:20s} {_plain(strategy.doc)} {needs}".rstrip())
+    templates = getattr(strategies, "templates", None)
+    if templates is not None:
+        print("\ncontrols of a method M (in a config: \"random_proportions(snip)\"):")
+        for name, doc in templates().items():
+            print(f"{name:30s} {_plain(doc)}")
     print('\nany "package.module:attr" import path also names a strategy (a Strategy value or a plain function)')
+    print("when masks are made and changed (oneshot, gradual, iterative, ...): see `sbjax schedules`")
     return 0
 
 
@@ -99,7 +121,7 @@ def _add_metrics(subparsers) -> None:
     p = subparsers.add_parser(
         "metrics", help="params, compression, MACs/FLOPs, speedup and activation memory of a model (per example)"
     )
-    p.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
+    p.add_argument("--model", help="registered model name, e.g. resnet20 (default: the one --checkpoint records)")
     p.add_argument("--num-classes", type=int, help="number of classes (default: the model's)")
     p.add_argument("--input-shape", help="H,W,C of one example, e.g. 224,224,3 (default: the model's)")
     p.add_argument(
@@ -125,6 +147,17 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     if not shape or any(d < 1 for d in shape):
         raise UserError(f"--input-shape {text!r} must be positive integers separated by commas, e.g. 32,32,3")
     return shape
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    """``--model``, or the model ``--checkpoint`` records (``sbjax.checkpoints.read_info``)."""
+    from sbjax import checkpoints
+
+    if args.model is None:
+        if not args.checkpoint:
+            raise UserError("which model? give --model or a --checkpoint (its recorded model is used)")
+        args.model = checkpoints.read_info(checkpoints.locate(args.checkpoint)).model
+    return args.model
 
 
 def _pruned_setup(args: argparse.Namespace, *, dataset: str | None = None, data_dir: str | None = None,
@@ -159,6 +192,8 @@ def _unpruned(args: argparse.Namespace):
     if args.checkpoint:
         variables, info = checkpoints.restore(checkpoints.locate(args.checkpoint), model=args.model,
                                               num_classes=num_classes)  # fmt: skip
+        if shape is not None:
+            models.check_input_shape(args.model, info.input_shape, shape, "--input-shape")
         num_classes, shape = info.num_classes, shape or info.input_shape
     shape = tuple(shape or models.input_shape(args.model))
     num_classes = num_classes or models.num_classes(args.model)
@@ -175,6 +210,7 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
     if (args.strategy is None) != (args.compression is None):
         raise UserError("--strategy and --compression go together: give both or neither")
+    _model_name(args)
     if args.strategy is None:
         model, variables, shape, num_classes = _unpruned(args)
         mask = None
@@ -309,7 +345,7 @@ def _cmd_configs(args: argparse.Namespace) -> int:
 
 def _add_eval(subparsers) -> None:
     p = subparsers.add_parser("eval", help="top-1, top-5 and loss of a checkpoint over a whole dataset split")
-    p.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
+    p.add_argument("--model", help="registered model name, e.g. resnet20 (default: the one --checkpoint records)")
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint folder, or a name: in $SBJAX_HOME/checkpoints (from `sbjax port`) or a shipped one")
     p.add_argument("--dataset", required=True, help="dataset name, e.g. cifar10 or mnist5k (embedded, offline)")
@@ -330,6 +366,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size} must be a positive integer")
+    _model_name(args)
     result = evaluate_checkpoint(
         args.model, args.checkpoint, args.dataset, split=args.split, data_dir=args.data_dir,
         tfds_data_dir=args.tfds_data_dir, batch_size=args.batch_size, subset=args.subset,
@@ -346,7 +383,7 @@ def _add_prune(subparsers) -> None:
     p = subparsers.add_parser(
         "prune", help="prune one model with one strategy at one compression; print its metrics (and accuracy)"
     )
-    p.add_argument("--model", required=True, help="registered model name, e.g. resnet20")
+    p.add_argument("--model", help="registered model name, e.g. resnet20 (default: the one --checkpoint records)")
     p.add_argument("--checkpoint",
                    help="checkpoint folder or name ($SBJAX_HOME/checkpoints or shipped; default: init from --seed)")
     p.add_argument("--strategy", required=True, help="pruning strategy (see `sbjax strategies`)")
@@ -365,6 +402,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from sbjax import experiment, masks, metrics, strategies
 
     strategies.resolve(args.strategy)  # an unknown name fails before any work
+    _model_name(args)
     setup, mask = _pruned_setup(args, dataset=args.dataset, data_dir=args.data_dir)
     model, variables, shape = setup.model, setup.variables, setup.input_shape
     accuracy = {}
@@ -474,7 +512,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.func(args)
+        with warnings.catch_warnings():  # restores the caller's warning display on the way out
+            warnings.showwarning = _one_line_warning(args.command)
+            return args.func(args)
     except (UserError, ValueError, FileNotFoundError) as error:
         print(f"sbjax {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -484,6 +524,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into a reader that stopped early (| head)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _one_line_warning(command: str):
+    """A ``warnings.showwarning`` that prints ``sbjax COMMAND: warning: MESSAGE`` on one line (no source line)."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        print(f"sbjax {command}: warning: {text}", file=file or sys.stderr, flush=True)
+
+    return show
 
 
 _NO_COMPUTATION = ([], ["-h"], ["--help"], ["--version"])  # command lines that run nothing in JAX

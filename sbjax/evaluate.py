@@ -74,6 +74,7 @@ def evaluate_model(
     batch_size: int = 500,
     subset: int | None = None,
     verbose: bool = True,
+    input_shape: tuple[int, ...] | None = None,
 ) -> dict[str, object]:
     """Evaluates registered model ``model_name`` with ``variables`` on a dataset split.
 
@@ -89,6 +90,8 @@ def evaluate_model(
         subset: Evaluate a fixed class-balanced subset of this many examples (``None``: all);
             the one a sweep with the same ``test_size`` uses.
         verbose: Print decoding progress.
+        input_shape: The input shape the variables were built for (a checkpoint's record);
+            data of another shape is an error naming both.
 
     Returns:
         ``top1``, ``top5``, ``loss`` and ``count`` (as :func:`evaluate`), with ``model``,
@@ -101,7 +104,10 @@ def evaluate_model(
     spec = data.get_spec(dataset, local=data_dir is not None)
     mean, std = data.resolve_normalization((split_data.mean, split_data.std), normalization)
     model = models.create(model_name, split_data.num_classes)
-    _check_fits(model, variables, split_data, spec.image_size if spec.augmentation == "imagenet" else None)
+    side = spec.image_size if spec.augmentation == "imagenet" else None
+    models.check_input_shape(model_name, input_shape, (side, side, split_data.images.shape[-1]) if side else
+                             split_data.images.shape[1:], f"{dataset} {split}")  # fmt: skip
+    _check_fits(model, variables, split_data, side)
     eval_step = train.make_eval_step(train.make_predict_fn(model))
     scores = evaluate(eval_step, variables, split_data, mean=mean, std=std, augmentation=spec.augmentation,
                       image_size=spec.image_size, batch_size=batch_size)
@@ -135,5 +141,6 @@ def evaluate_checkpoint(model_name: str, checkpoint: str, dataset: str, **kwargs
 
     data.get_spec(dataset, local=kwargs.get("data_dir") is not None)  # fail fast on a bad name
     variables, info = checkpoints.restore(checkpoints.locate(checkpoint), model=model_name)
-    result = evaluate_model(model_name, variables, dataset, normalization=info.normalization, **kwargs)
+    result = evaluate_model(model_name, variables, dataset, normalization=info.normalization,
+                            input_shape=info.input_shape, **kwargs)  # fmt: skip
     return {**result, "checkpoint": str(checkpoint)}

@@ -35,6 +35,8 @@ def pretrain(config: ExperimentConfig, out: str | Path, *, command: str, overwri
     """
     if config.checkpoint:
         raise ValueError("pretraining starts from the initialization; do not give a checkpoint")
+    if Path(out).exists() and not overwrite:  # before the training, not after it
+        raise checkpoints.CheckpointError(f"{out} already exists; choose another directory or overwrite it (--force)")
     setup = prepare(config)
     result = finetune(setup.model, setup.variables, masks.ones_like(setup.variables["params"]), setup.train, setup.val,
                       config.settings, experiment_keys(config.seed)["finetune"],

@@ -107,6 +107,7 @@ def prepare(config: ExperimentConfig, *, verbose: bool = True, num_classes: int 
     spec = data_lib.get_spec(config.dataset, local=config.data_dir is not None)
     shape = (spec.image_size, spec.image_size, splits["train"].images.shape[-1])
     model, variables, info = _model(config, splits["train"].num_classes, shape)
+    models.check_input_shape(config.model, info and info.input_shape, shape, f"the data of {config.dataset!r}")
     normalization = info.normalization if info else None
     mean, std = data_lib.resolve_normalization((splits["train"].mean, splits["train"].std), normalization)
     return Setup(model, variables, splits["train"], splits["validation"], splits["test"], spec, mean, std, shape)
@@ -115,6 +116,8 @@ def prepare(config: ExperimentConfig, *, verbose: bool = True, num_classes: int 
 def _prepare_without_data(config: ExperimentConfig, num_classes: int | None, shape: tuple[int, ...] | None) -> Setup:
     """A setup whose train split is seeded uniform noise, a placeholder: data-dependent strategies refuse it."""
     info = checkpoints.read_info(checkpoints.locate(config.checkpoint)) if config.checkpoint else None
+    if shape is not None:
+        models.check_input_shape(config.model, info and info.input_shape, shape, "the input shape asked for")
     shape = tuple(shape or (info and info.input_shape) or models.input_shape(config.model))
     num_classes = num_classes or (info and info.num_classes) or models.num_classes(config.model)
     model, variables, _ = _model(config, num_classes, shape)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -39,6 +39,7 @@ __all__ = [
     "ModelSpec",
     "REGISTRY",
     "abstract_variables",
+    "check_input_shape",
     "classifier",
     "create",
     "init",
@@ -136,6 +137,21 @@ def create(
             f"conv_general_dilated must be a function like jax.lax.conv_general_dilated, got {conv_general_dilated!r}"
         )
     return model_spec.build(num_classes=num_classes, conv_general_dilated=conv_general_dilated)
+
+
+def check_input_shape(name: str, built_for: Sequence[int] | None, given: Sequence[int], what: str = "the data") -> None:
+    """Raises one ``ValueError`` if ``given`` is not the input shape the variables were built for.
+
+    ``built_for`` is the shape a checkpoint records (``None``: not recorded, nothing to check).
+
+    >>> check_input_shape("mlp", (28, 28, 1), (32, 32, 3), "cifar10")
+    Traceback (most recent call last):
+    ...
+    ValueError: mlp: the variables were built for inputs of shape (28, 28, 1), but cifar10 has shape (32, 32, 3)
+    """
+    if built_for is not None and tuple(built_for) != tuple(given):
+        raise ValueError(f"{name}: the variables were built for inputs of shape {tuple(built_for)}, but {what} has "
+                         f"shape {tuple(given)}")  # fmt: skip
 
 
 def input_shape(name: str) -> tuple[int, int, int]:
