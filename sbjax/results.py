@@ -348,7 +348,7 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """
     flat = [dict(r) for row in rows for r in (*row.get(ROUNDS, ()), row)]
     frame = pd.DataFrame(flat, columns=list(COLUMNS))
-    frame["schedule"] = frame["schedule"].fillna("oneshot")
+    frame["schedule"] = frame["schedule"].astype(object).fillna("oneshot")
     frame["round"] = frame["round"].fillna(1).astype(int)
     order = ["dataset", "model", "strategy", "schedule", "compression", "seed", "round"]
     return frame.sort_values(order, kind="stable", ignore_index=True)
