@@ -355,8 +355,15 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def varying_settings(frame: pd.DataFrame) -> list[str]:
-    """The setting columns (:data:`SETTINGS`) whose values differ between rows (a missing value counts as one)."""
-    return [c for c in SETTINGS if c in frame and frame[c].nunique(dropna=False) > 1]
+    """The setting columns (:data:`SETTINGS`) whose values differ between rows of one (dataset, model).
+
+    A missing value (a row written before settings were recorded) counts as a value of its own;
+    a column that differs only between models (their checkpoints) tells no rows apart.
+    """
+    if frame.empty:
+        return []
+    groups = frame.groupby(["dataset", "model"], dropna=False)
+    return [c for c in SETTINGS if c in frame and bool((groups[c].nunique(dropna=False) > 1).any())]
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:

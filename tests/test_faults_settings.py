@@ -100,3 +100,9 @@ def test_a_rerun_with_other_settings_says_so_and_keeps_rows_apart(folder, capsys
     card = (folder / "report_card.txt").read_text()
     assert card.startswith("report card:") and "fewer than 2 seeds" in card
     assert pd.read_csv(folder / "results.csv")["finetune.optimizer.lr"].tolist() == [0.0003] * 3
+
+
+def test_a_setting_that_differs_only_between_models_tells_no_rows_apart():
+    two_models = rows(20) + [r | {"model": "n", "checkpoint": "n-ckpt"} for r in rows(20)]
+    frame = results.aggregate([r | {"checkpoint": r.get("checkpoint", "m-ckpt")} for r in two_models])
+    assert results.varying_settings(frame) == [] and len(results.summarize(frame)) == 14
