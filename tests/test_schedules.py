@@ -160,13 +160,19 @@ def test_rewinding_restores_the_exact_saved_weights(setup, monkeypatch):
 
 def test_a_mask_update_does_not_retrace(setup):
     cfg = config(schedule={"name": "gradual", "frequency": 1, "end": 1.0})
-    experiment.run_experiment(setup, cfg)
-    step = finetune._steps(setup.model, cfg.settings.optimizer, "sequential")[1]
+    step = finetune._steps(setup.model, cfg.settings.optimizer, "sequential")[1]  # cached: the loop's own
     strategy = experiment._jitted(experiment.strategies.resolve("global_magnitude"))
-    sizes = (step._cache_size(), strategy._cache_size(), experiment._with_masks(cfg.settings.optimizer)._cache_size())
+    swap = experiment._with_masks(cfg.settings.optimizer)
+
+    def sizes():  # other tests may have compiled these functions for other shapes already
+        return step._cache_size(), strategy._cache_size(), swap._cache_size()
+
+    before = sizes()
+    experiment.run_experiment(setup, cfg)  # ten mask updates
+    first = sizes()
     experiment.run_experiment(setup, config(compression=4, schedule={"name": "gradual", "frequency": 1, "end": 1.0}))
-    assert (step._cache_size(), strategy._cache_size(), experiment._with_masks(cfg.settings.optimizer)._cache_size()) == sizes
-    assert sizes[0] == 1 and sizes[2] == 1  # ten updates, one trace of the train step and of the mask swap
+    assert sizes() == first
+    assert first[0] - before[0] <= 1 and first[2] - before[2] <= 1  # one trace of the train step and of the swap
 
 
 @pytest.mark.parametrize("schedule", [{"name": "gradual", "frequency": 2}, {"name": "rigl", "frequency": 2}])
