@@ -42,6 +42,7 @@ from typing import IO, Any
 import pandas as pd
 
 from sbjax.config import SETTING_COLUMNS
+from sbjax.data.cache import file_mode
 
 __all__ = [
     "COLUMNS",
@@ -85,7 +86,7 @@ def write_atomic(path: Path, write: Callable[[IO[str]], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, _file_mode())
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w") as f:
             write(f)
             f.flush()
@@ -95,18 +96,6 @@ def write_atomic(path: Path, write: Callable[[IO[str]], None]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def _file_mode() -> int:
-    """``0o666`` less the process's umask: the mode ``open`` gives a new file."""
-    # read without setting it (os.umask is process-wide)
-    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    umask = os.umask(0o077)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _jsonable(value: Any) -> Any:
@@ -403,7 +392,7 @@ def replace_atomic(path: Path, write: Callable[[str], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, _file_mode())
+        os.fchmod(fd, file_mode())
         os.close(fd)
         write(tmp)
         os.replace(tmp, path)

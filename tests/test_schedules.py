@@ -134,20 +134,25 @@ def test_iterative_rounds_compressions_and_rows(setup):
     assert len(row["history"]) == 3 * FINETUNE["epochs"] and row["history"][-1]["round"] == 3
 
 
-def test_rewinding_restores_the_exact_saved_weights(setup, monkeypatch):
-    """From scratch, rewind to step 3: rounds 1 and 2 start from the weights after 3 steps of the dense training."""
-    calls = []
-    real = experiment.finetune_many
+def trainings(monkeypatch) -> list:
+    """Records the (variables, masks) of every training the runner starts."""
+    calls, real = [], experiment.finetune_many
 
     def spy(model, variables, masks, *args, **kwargs):
         calls.append((variables, masks))
         return real(model, variables, masks, *args, **kwargs)
 
     monkeypatch.setattr(experiment, "finetune_many", spy)
+    return calls
+
+
+def test_rewinding_restores_the_exact_saved_weights(setup, monkeypatch):
+    """From scratch, rewind to step 3: rounds 1 and 2 start from the weights after 3 steps of the dense training."""
+    calls = trainings(monkeypatch)
     cfg = config(schedule={"name": "iterative", "rounds": 2, "rewind": 3})
     experiment.run_experiment(setup, cfg)
     assert len(calls) == 3  # round 0 (dense), rounds 1 and 2
-    monkeypatch.setattr(experiment, "finetune_many", real)
+    monkeypatch.undo()
     settings = dataclasses.replace(cfg.settings, epochs=1, steps_per_epoch=3)
     after_3 = finetune.finetune(setup.model, setup.variables, jax.tree.map(jnp.ones_like, setup.variables["params"]),
                                 setup.train, setup.val, settings, experiment.experiment_keys(0)["finetune"],
@@ -242,14 +247,7 @@ def test_kill_9_during_a_gradual_run_resumes_to_identical_results(tmp_path):
 
 def test_the_reinit_control_of_iterative_pruning_keeps_the_tickets_masks(setup, monkeypatch):
     """reinit(M) trains M's masks from a fresh initialization; a shadow ticket follows M's rounds."""
-    calls = []
-    real = experiment.finetune_many
-
-    def spy(model, variables, masks, *args, **kwargs):
-        calls.append((variables, masks))
-        return real(model, variables, masks, *args, **kwargs)
-
-    monkeypatch.setattr(experiment, "finetune_many", spy)
+    calls = trainings(monkeypatch)
     schedule = {"name": "iterative", "rounds": 2}
     ticket = experiment.run_experiment(setup, config(schedule=schedule))
     tickets, calls[:] = list(calls), []

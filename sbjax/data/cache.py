@@ -81,7 +81,7 @@ def save(path: Path, data: ImageData) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             np.savez(
                 f, images=data.images, labels=data.labels, class_names=np.array(data.class_names),
@@ -94,15 +94,18 @@ def save(path: Path, data: ImageData) -> None:
         raise
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux allows (``os.umask`` is process-wide)."""
+def file_mode() -> int:
+    """``0o666`` less the process's umask: the mode ``open`` gives a new file.
+
+    The umask is read without changing it where Linux allows (``os.umask`` is process-wide).
+    """
     with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
         for line in status:
             if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
+                return 0o666 & ~int(line.split()[1], 8)
     umask = os.umask(0o077)
     os.umask(umask)
-    return umask
+    return 0o666 & ~umask
 
 
 def load(path: Path) -> ImageData:
