@@ -89,20 +89,10 @@ class _DynamicSparse(Schedule):
     def update(self, step: int, ctx: Context, variables: Variables, mask: Mask) -> Mask:
         grads = ctx.grads(variables, step) if self.method == "rigl" else None
         return _drop_grow(variables["params"], grads, mask, self.share(step, ctx.total),
-                          jax.random.fold_in(ctx.key, step), self.method, ctx.selection)  # fmt: skip
+                          jax.random.fold_in(ctx.key, step), method=self.method, selection=ctx.selection)  # fmt: skip
 
 
-@jax.jit
-def _zeros_like_grads(params):
-    return jax.tree.map(jnp.zeros_like, params)
-
-
-def _drop_grow(params, grads, mask, share, key, method, selection):
-    grads = _zeros_like_grads(params) if grads is None else grads
-    return _jitted_drop_grow(params, grads, mask, share, key, method=method, selection=selection)
-
-
-_jitted_drop_grow = jax.jit(dynamic.drop_grow, static_argnames=("method", "selection"))
+_drop_grow = jax.jit(dynamic.drop_grow, static_argnames=("method", "selection"))
 
 
 @dataclasses.dataclass(frozen=True)
