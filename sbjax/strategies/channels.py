@@ -247,7 +247,7 @@ class Groups:
         def removed_at(ratio):
             removed = jnp.zeros(len(graph), bool)
             for ids, rank in zip(spaces, ranks):
-                keep = jnp.maximum(1, jnp.ceil(ratio * len(ids) - 1e-6)).astype(jnp.int32)
+                keep = jnp.maximum(1, jnp.ceil(ratio * len(ids))).astype(jnp.int32)
                 removed = removed.at[ids].set(rank >= keep)
             return removed
 
