@@ -73,6 +73,9 @@ class CheckpointInfo:
         accuracy: reported top-1 accuracy in percent, on ``dataset``'s test split.
         dataset: the dataset the weights were trained on (``"cifar10"``, ``"imagenet"``).
         name: the entry of the pretrained manifest the weights came from, if any.
+        slim: for a slimmed model (``sbjax.slim``), the removed channel groups, each named by
+            its first leaf position ``(path, axis, index)``; the stored variables have the
+            slimmed shapes and run with ``sbjax.slim.SlimModel``. ``None``: the full model.
     """
 
     model: str
@@ -85,12 +88,24 @@ class CheckpointInfo:
     accuracy: float | None = None
     dataset: str | None = None
     name: str | None = None
+    slim: tuple[tuple[str, int, int], ...] | None = None
 
     def __post_init__(self):
         for field in ("input_shape", "mean", "std"):
             value = getattr(self, field)
             if value is not None:
                 object.__setattr__(self, field, tuple(value))
+        if self.slim is not None:
+            object.__setattr__(self, "slim", tuple((str(p), int(a), int(i)) for p, a, i in self.slim))
+
+    def module(self):
+        """The model that runs these variables: the registered module, or its :class:`sbjax.slim.SlimModel`."""
+        model = models.create(self.model, self.num_classes)
+        if self.slim is None:
+            return model
+        from sbjax import slim
+
+        return slim.SlimModel(model, self.input_shape or models.input_shape(self.model), self.slim)
 
     @property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -265,6 +280,8 @@ def read_info(directory: str | os.PathLike) -> CheckpointInfo:
 
 
 def _expected(info: CheckpointInfo) -> Variables:
+    if info.slim is not None:
+        return info.module().abstract_variables()
     return models.abstract_variables(info.model, info.num_classes, info.input_shape)
 
 

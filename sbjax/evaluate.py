@@ -75,6 +75,7 @@ def evaluate_model(
     subset: int | None = None,
     verbose: bool = True,
     input_shape: tuple[int, ...] | None = None,
+    model: object | None = None,
 ) -> dict[str, object]:
     """Evaluates registered model ``model_name`` with ``variables`` on a dataset split.
 
@@ -92,6 +93,8 @@ def evaluate_model(
         verbose: Print decoding progress.
         input_shape: The input shape the variables were built for (a checkpoint's record);
             data of another shape is an error naming both.
+        model: The module that runs ``variables`` (a slimmed checkpoint's
+            ``sbjax.slim.SlimModel``); default: the registered model.
 
     Returns:
         ``top1``, ``top5``, ``loss`` and ``count`` (as :func:`evaluate`), with ``model``,
@@ -103,7 +106,7 @@ def evaluate_model(
     split_data = data.stratified_subset(split_data, subset)
     spec = data.get_spec(dataset, local=data_dir is not None)
     mean, std = data.resolve_normalization((split_data.mean, split_data.std), normalization)
-    model = models.create(model_name, split_data.num_classes)
+    model = model if model is not None else models.create(model_name, split_data.num_classes)
     side = spec.image_size if spec.augmentation == "imagenet" else None
     models.check_input_shape(model_name, input_shape, (side, side, split_data.images.shape[-1]) if side else
                              split_data.images.shape[1:], f"{dataset} {split}")  # fmt: skip
@@ -142,5 +145,6 @@ def evaluate_checkpoint(model_name: str, checkpoint: str, dataset: str, **kwargs
     data.get_spec(dataset, local=kwargs.get("data_dir") is not None)  # fail fast on a bad name
     variables, info = checkpoints.restore(checkpoints.locate(checkpoint), model=model_name)
     result = evaluate_model(model_name, variables, dataset, normalization=info.normalization,
-                            input_shape=info.input_shape, **kwargs)  # fmt: skip
+                            input_shape=info.input_shape, model=info.module() if info.slim else None,
+                            **kwargs)  # fmt: skip
     return {**result, "checkpoint": str(checkpoint)}

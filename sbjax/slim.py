@@ -34,6 +34,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,7 +43,7 @@ from sbjax import masks as masks_lib
 from sbjax import selection as selection_lib
 from sbjax.graph import channels
 
-__all__ = ["Slimmed", "SlimError", "removed_groups", "slim"]
+__all__ = ["SlimError", "SlimModel", "Slimmed", "abstract_variables", "removed_groups", "slim"]
 
 Variables = Any
 Mask = Any
@@ -72,6 +73,11 @@ class Slimmed:
     apply_fn: Callable[[Variables, Any], Any]
     full: Variables
     keys: frozenset[tuple[str, int, int]]
+
+    @property
+    def sorted_keys(self) -> tuple[tuple[str, int, int], ...]:
+        """The removed groups' keys, sorted (what a slimmed checkpoint records)."""
+        return tuple(sorted(self.keys))
 
     @property
     def removed(self) -> int:
@@ -139,12 +145,82 @@ def slim(apply_fn: Callable[[Variables, Any], Any], variables: Variables, mask: 
     leaves = []
     for path, (_, leaf), m in zip(paths, flat, jax.tree.leaves(full_mask)):
         value = jnp.asarray(leaf) * jnp.asarray(m).astype(jnp.result_type(leaf))
-        for axis, ids in enumerate(graph.axes.get(path, ())):
-            if ids is not None:
-                kept = np.flatnonzero((ids < 0) | ~gone[np.maximum(ids, 0)])
-                if len(kept) < np.shape(leaf)[axis]:
-                    value = jnp.take(value, kept, axis=axis)
+        for axis, kept in _kept(graph, gone, path, np.shape(leaf)).items():
+            value = jnp.take(value, kept, axis=axis)
         leaves.append(value)
-    full = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), variables)
+    full = jax.tree.map(_spec, variables)
     keys = frozenset(_key(graph.groups[g]) for g in removed)
     return Slimmed(jax.tree.unflatten(jax.tree.structure(variables), leaves), apply_fn, full, keys)
+
+
+def _spec(a) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a))
+
+
+def _kept(graph: channels.ChannelGraph, gone: np.ndarray, path: str, shape) -> dict[int, np.ndarray]:
+    """The kept positions of each axis of a leaf that loses some."""
+    out = {}
+    for axis, ids in enumerate(graph.axes.get(path, ())):
+        if ids is not None:
+            kept = np.flatnonzero((ids < 0) | ~gone[np.maximum(ids, 0)])
+            if len(kept) < shape[axis]:
+                out[axis] = kept
+    return out
+
+
+def _gone(graph: channels.ChannelGraph, keys) -> np.ndarray:
+    keys = {tuple(k) for k in keys}
+    gone = np.array([_key(g) in keys for g in graph.groups], bool)
+    if gone.sum() != len(keys):
+        found = {_key(g) for g in graph.groups}
+        missing = sorted(k for k in keys if k not in found)
+        raise SlimError(f"removed channel groups {missing[:3]} are not groups of this model (another model or version?)")
+    return gone
+
+
+def abstract_variables(apply_fn: Callable[[Variables, Any], Any], full: Variables, keys, x: Any) -> Variables:
+    """The slimmed variables' shapes (``jax.ShapeDtypeStruct`` leaves) for removed group ``keys``."""
+    graph = channels.channel_graph(apply_fn, full, x)
+    gone = _gone(graph, keys)
+    flat = jax.tree_util.tree_flatten_with_path(full)[0]
+    out = []
+    for p, leaf in flat:
+        shape = list(np.shape(leaf))
+        for axis, kept in _kept(graph, gone, selection_lib.leaf_path(p), shape).items():
+            shape[axis] = len(kept)
+        out.append(jax.ShapeDtypeStruct(tuple(shape), jnp.result_type(leaf)))
+    return jax.tree.unflatten(jax.tree.structure(full), out)
+
+
+@dataclasses.dataclass(frozen=True)
+class SlimModel:
+    """A slimmed Flax model with a module's calling convention: ``apply(variables, x, train=False)``.
+
+    Built from the original module, the input shape it was slimmed for and the removed groups'
+    keys (what a slimmed checkpoint records). Evaluation only: ``train=True`` is refused
+    (finetune the masked model, then slim it).
+    """
+
+    module: nn.Module
+    input_shape: tuple[int, ...]
+    keys: tuple[tuple[str, int, int], ...]
+
+    def _apply_full(self, variables, x):
+        return self.module.apply(variables, x, train=False)
+
+    def full(self) -> Variables:
+        """The original variables' shapes."""
+        x = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
+        return jax.eval_shape(lambda k, x: self.module.init(k, x, train=False), jax.random.key(0), x)
+
+    def abstract_variables(self) -> Variables:
+        """The slimmed variables' shapes."""
+        x = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
+        return abstract_variables(self._apply_full, self.full(), self.keys, x)
+
+    def apply(self, variables: Variables, x: Any, train: bool = False, **kwargs: Any) -> Any:
+        if train or kwargs.get("mutable"):
+            raise SlimError("a slimmed model runs in evaluation mode only; finetune the masked model, then slim it")
+        keys = set(self.keys)
+        return channels.evaluate(self._apply_full, self.full(), jax.tree.leaves(variables), x,
+                                 lambda g: _key(g) in keys)  # fmt: skip
