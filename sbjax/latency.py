@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Latency", "LatencyError", "Timing", "measure"]
+__all__ = ["Latency", "LatencyError", "Timing", "measure", "slim_report"]
 
 Apply = Callable[[Any, jax.Array], Any]
 """``apply(variables, x) -> logits``."""
@@ -236,3 +236,43 @@ def measure(
     device = jax.devices()[0]
     return Latency(device=device.device_kind, platform=device.platform, repeats=repeats, warmup=warmup,
                    input_shape=input_shape, dtype=jnp.dtype(dtype).name, timings=timings)  # fmt: skip
+
+
+def slim_report(
+    apply: Apply,
+    variables: Any,
+    mask: Any,
+    input_shape: tuple[int, ...],
+    *,
+    latency: bool = False,
+    batch: int = 128,
+    repeats: int = 20,
+    warmup: int = 3,
+) -> tuple[dict[str, Any], Any]:
+    """The slimmed model of ``apply`` under ``mask``: its size, its MACs and, with ``latency``,
+    its measured speed against the dense (unpruned) model.
+
+    Returns ``(report, slimmed)``: ``report`` holds ``slim_params_total`` (entries of the slimmed
+    params), ``slim_macs`` (per example), ``slim_groups_removed`` and, with ``latency``, the
+    :meth:`Latency.to_dict` of both models at batches 1 and ``batch`` under ``"latency"``,
+    ``measured_speedup`` (dense median over slim at ``batch``) and ``measured_speedup_batch1``;
+    ``slimmed`` is the :class:`sbjax.slim.Slimmed`.
+    """
+    from sbjax import metrics, slim
+
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    slimmed = slim.slim(apply, variables, mask, x)
+    held = slimmed.variables
+    rest = {k: v for k, v in held.items() if k != "params"} if isinstance(held, dict) and "params" in held else None
+    if rest is None:
+        m = metrics.compute(slimmed.apply, held, None, input_shape)
+    else:
+        m = metrics.compute(lambda p, x: slimmed.apply({**rest, "params": p}, x), held["params"], None, input_shape)
+    report: dict[str, Any] = {"slim_params_total": m.params_total, "slim_macs": m.macs,
+                              "slim_groups_removed": slimmed.removed}  # fmt: skip
+    if latency:
+        batches = (1,) if batch == 1 else (1, batch)
+        lat = measure({"dense": (apply, variables), "slim": (slimmed.apply, held)}, tuple(input_shape),
+                      batches=batches, repeats=repeats, warmup=warmup)  # fmt: skip
+        report.update(latency=lat.to_dict(), measured_speedup=lat.speedup(batch), measured_speedup_batch1=lat.speedup(1))
+    return report, slimmed
