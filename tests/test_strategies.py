@@ -79,7 +79,12 @@ def test_structure_counts_and_unprunable_leaves(name, jit, tiny_cnn):
     sbjax.check_mask(params, mask)
     prunable = sbjax.prunable_paths(params, HEAD)
     leaves = {p: mask[p.split("/")[0]][p.split("/")[1]] for p in prunable}
-    if name.startswith("layer_"):
+    pattern = strategies.nm_of(strategies.get(name))
+    if pattern is not None:  # the pattern fixes the density: n of m where the input dimension allows
+        for path, leaf in leaves.items():
+            patterned = leaf.ndim >= 2 and leaf.shape[-2] % pattern.m == 0
+            assert int(leaf.sum()) == (leaf.size * pattern.n // pattern.m if patterned else leaf.size), path
+    elif name.startswith("layer_"):
         for path, leaf in leaves.items():
             assert int(leaf.sum()) == round(fraction * leaf.size), path
     else:
@@ -108,7 +113,7 @@ def test_already_pruned_weights_stay_pruned(name, tiny_cnn):
     masked = sbjax.apply_mask(params, first)
     second = call(name, masked, grads, activations, 0.25, key=jax.random.key(2), mask=first)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(b) <= np.asarray(a), True), first, second)
-    if not name.startswith("layer_"):
+    if not name.startswith("layer_") and strategies.nm_of(strategies.get(name)) is None:
         n = sbjax.counts(params, HEAD).prunable
         assert int(sbjax.count_kept(second)) == round(0.25 * n) + sbjax.counts(params, HEAD).unprunable
 

@@ -5,9 +5,9 @@ loss, apply, input_shape) -> mask``; ``fraction`` is the kept fraction of the *p
 (ShrinkBench's meaning). The library builds them as small frozen values (:func:`make`: a score
 function, a scope, the inputs it needs, and the rounds when iterative); a plain function with
 that signature is a valid strategy too. See ``sbjax.strategies.core`` for the value,
-``baselines`` for ShrinkBench's seven, ``at_init`` for pruning at initialization, ``controls``
-for the checklist's controls and ``registry`` for names and ``"package.module:attr"`` import
-paths.
+``baselines`` for ShrinkBench's seven, ``nm`` for N:M patterns, ``at_init`` for pruning at
+initialization, ``controls`` for the checklist's controls and ``registry`` for names and
+``"package.module:attr"`` import paths.
 
 | strategy | score | scope | needs |
 | --- | --- | --- | --- |
@@ -15,6 +15,7 @@ paths.
 | ``global_magnitude`` / ``layer_magnitude`` | ``|w|`` (Han et al., 2015) | global / per tensor | |
 | ``global_gradient`` / ``layer_gradient`` | ``|w * dL/dw|`` (Molchanov et al., 2017) | global / per tensor | grads |
 | ``global_activation`` / ``layer_activation`` | ``|w * a|`` (ShrinkBench) | global / per tensor | activations |
+| ``nm_magnitude`` / ``nm_gradient`` / ``nm_activation`` | ``|w|`` / ``|w * dL/dw|`` / ``|w * a|`` | N:M along the input, default 2:4 (``fraction`` ignored) | - / grads / activations |
 | ``snip`` | ``|w * dL/dw|`` at initialization (Lee et al., 2019) | global | grads |
 | ``grasp`` | ``w * Hg`` (Wang et al., 2020) | global | loss |
 | ``synflow`` | ``|w| * dR/d|w|``, 100 rounds (Tanaka et al., 2020) | global, iterative | apply |
@@ -69,6 +70,7 @@ from sbjax.strategies.core import (
     map_prunable,
     map_prunable_with_path,
 )
+from sbjax.strategies.nm import NM, NM_STRATEGIES, nm_activation, nm_gradient, nm_keep, nm_magnitude, nm_of, with_pattern
 from sbjax.strategies.registry import REGISTRY, get, names, register, resolve, templates
 
 __all__ = [
@@ -77,6 +79,8 @@ __all__ = [
     "CONTROLS",
     "GLOBAL",
     "NEEDS",
+    "NM",
+    "NM_STRATEGIES",
     "PER_TENSOR",
     "REGISTRY",
     "Control",
@@ -107,6 +111,11 @@ __all__ = [
     "map_prunable",
     "map_prunable_with_path",
     "names",
+    "nm_activation",
+    "nm_gradient",
+    "nm_keep",
+    "nm_magnitude",
+    "nm_of",
     "random",
     "random_proportions",
     "random_score",
@@ -118,4 +127,5 @@ __all__ = [
     "synflow_score",
     "synflow_strategy",
     "templates",
+    "with_pattern",
 ]

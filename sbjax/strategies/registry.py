@@ -25,12 +25,13 @@ from sbjax.strategies.at_init import AT_INIT
 from sbjax.strategies.baselines import BASELINES
 from sbjax.strategies.controls import CONTROLS, Control, templates
 from sbjax.strategies.core import FunctionStrategy, Strategy, from_function
+from sbjax.strategies.nm import NM_STRATEGIES
 
 __all__ = ["REGISTRY", "get", "names", "register", "resolve", "templates"]
 
 AnyStrategy = Strategy | FunctionStrategy | Control
 
-_registered: dict[str, AnyStrategy] = {strategy.name: strategy for strategy in BASELINES + AT_INIT}
+_registered: dict[str, AnyStrategy] = {strategy.name: strategy for strategy in BASELINES + NM_STRATEGIES + AT_INIT}
 _CONTROL = re.compile(r"\s*(\w+)\s*\((.*)\)\s*")
 #: The registered strategies by name (read-only; add with :func:`register`).
 REGISTRY: Mapping[str, AnyStrategy] = types.MappingProxyType(_registered)
@@ -59,7 +60,7 @@ def register(name: str, strategy: AnyStrategy | Callable[..., Any]) -> AnyStrate
 
 
 def names() -> list[str]:
-    """The registered strategy names, baselines first, then the at-initialization ones.
+    """The registered strategy names: the baselines, the N:M ones, the at-initialization ones, then users'.
 
     The controls are templates over these (see :func:`templates`), not names.
     """
