@@ -161,19 +161,23 @@ def _model_name(args: argparse.Namespace) -> str:
 
 
 def _pruned_setup(args: argparse.Namespace, *, dataset: str | None = None, data_dir: str | None = None,
-                  num_classes: int | None = None, shape: tuple[int, ...] | None = None):  # fmt: skip
+                  num_classes: int | None = None, shape: tuple[int, ...] | None = None,
+                  compression: float | None = None, fraction: float | None = None):  # fmt: skip
     """The setup and mask of ``--strategy`` at ``--compression``, as a sweep's experiment computes them.
 
     Without a dataset the setup has no data: gradient and activation scores use a seeded noise
     batch (``sbjax.setups.NO_DATA``); ``num_classes`` and ``shape`` then size the model.
+    ``compression`` replaces ``--compression`` and ``fraction`` the kept fraction it gives (an
+    N:M strategy ignores both); ``--nm``, where the command has it, sets an N:M pattern.
     """
     from sbjax import experiment, setups
     from sbjax.config import ExperimentConfig
 
-    config = ExperimentConfig(dataset or setups.NO_DATA, args.model, args.strategy, args.compression, args.seed,
-                              checkpoint=args.checkpoint, data_dir=data_dir)  # fmt: skip
+    compression = args.compression if compression is None else compression
+    config = ExperimentConfig(dataset or setups.NO_DATA, args.model, args.strategy, compression, args.seed,
+                              checkpoint=args.checkpoint, data_dir=data_dir, nm=getattr(args, "nm", None))  # fmt: skip
     setup = experiment.prepare(config, num_classes=num_classes, input_shape=shape)
-    return setup, experiment.make_mask(setup, config)
+    return setup, experiment.make_mask(setup, config, fraction=fraction)
 
 
 def _unpruned(args: argparse.Namespace):
@@ -387,7 +391,13 @@ def _add_prune(subparsers) -> None:
     p.add_argument("--checkpoint",
                    help="checkpoint folder or name ($SBJAX_HOME/checkpoints or shipped; default: init from --seed)")
     p.add_argument("--strategy", required=True, help="pruning strategy (see `sbjax strategies`)")
-    p.add_argument("--compression", required=True, type=float, help="target compression N_total / N_nonzero")
+    p.add_argument("--compression", type=float,
+                   help="target compression N_total / N_nonzero; not for the N:M strategies (nm_*), whose pattern "
+                        "fixes it (the real compression is reported)")  # fmt: skip
+    p.add_argument("--nm", metavar="N:M", help="the pattern of an N:M strategy: keep N of every M consecutive inputs "
+                                               "(0 < N < M; default: the strategy's, 2:4)")  # fmt: skip
+    p.add_argument("--save-mask", metavar="PATH.npz",
+                   help="write the mask: one array per params leaf, keyed by its path (layer1_0/conv1/kernel)")
     p.add_argument("--dataset", help="score and evaluate on this dataset (test split); needed by gradient and "
                                      "activation strategies; default: no data, no accuracy")  # fmt: skip
     p.add_argument("--data-dir", help="local image folder or archive for --dataset")
@@ -396,14 +406,63 @@ def _add_prune(subparsers) -> None:
     p.set_defaults(func=_cmd_prune)
 
 
+def _nm_pattern(args: argparse.Namespace) -> tuple[int, int] | None:
+    """The N:M pattern ``sbjax prune`` applies (``None``: not an N:M strategy); checks ``--compression`` and ``--nm``."""
+    from sbjax import config, strategies
+
+    own = strategies.nm_of(strategies.resolve(args.strategy))  # an unknown name fails before any work
+    if own is None:
+        if args.nm is not None:
+            raise UserError(f"--nm {args.nm} sets the pattern of an N:M strategy (nm_magnitude, nm_gradient, "
+                            f"nm_activation or a control of one); strategy {args.strategy!r} has none")  # fmt: skip
+        if args.compression is None:
+            raise UserError(f"strategy {args.strategy!r} needs --compression; only the N:M strategies (nm_*), whose "
+                            "pattern fixes the density, go without it")  # fmt: skip
+        return None
+    n, m = config.parse_nm(args.nm) if args.nm is not None else (own.n, own.m)
+    if args.compression is not None:
+        warnings.warn(f"{args.strategy} keeps {n} of every {m} inputs: --compression {args.compression:g} is ignored, "
+                      "the pattern fixes the density (the real compression is reported)")  # fmt: skip
+    return n, m
+
+
+def _save_mask(path: str, mask) -> None:
+    """Writes ``mask`` to ``path`` (.npz) atomically: one array per leaf, keyed by its ``a/b/kernel`` path."""
+    from pathlib import Path
+
+    import jax
+    import numpy as np
+
+    from sbjax import results, selection
+
+    def array(leaf):
+        leaf = np.asarray(leaf)
+        return leaf if leaf.dtype.kind in "biuf" else leaf.astype(np.float32)  # bfloat16 is no npz dtype
+
+    arrays = {selection.leaf_path(p): array(leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(mask)[0]}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as file:
+            np.savez(file, **arrays)
+
+    results.replace_atomic(Path(path), write)
+
+
 def _cmd_prune(args: argparse.Namespace) -> int:
     import json
 
-    from sbjax import experiment, masks, metrics, strategies
+    from sbjax import experiment, masks, metrics
 
-    strategies.resolve(args.strategy)  # an unknown name fails before any work
+    if args.save_mask is not None and not args.save_mask.endswith(".npz"):
+        raise UserError(f"--save-mask {args.save_mask!r} must be a file name ending in .npz")
+    pattern = _nm_pattern(args)
     _model_name(args)
-    setup, mask = _pruned_setup(args, dataset=args.dataset, data_dir=args.data_dir)
+    # an N:M strategy ignores the kept fraction: the config's compression is the pattern's nominal M/N
+    nominal = {} if pattern is None else {
+        "compression": pattern[1] / pattern[0] if args.compression is None else args.compression, "fraction": 1.0}
+    setup, mask = _pruned_setup(args, dataset=args.dataset, data_dir=args.data_dir, **nominal)
+    if args.save_mask is not None:
+        _save_mask(args.save_mask, mask)
     model, variables, shape = setup.model, setup.variables, setup.input_shape
     accuracy = {}
     if args.dataset:
@@ -411,16 +470,22 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         accuracy = {"unpruned": experiment.accuracy(setup, variables, setup.test),
                     "pruned": experiment.accuracy(setup, pruned, setup.test)}  # fmt: skip
     result = metrics.compute_module(model, variables, mask, shape, train=False)
+    nm = None if pattern is None else f"{pattern[0]}:{pattern[1]}"
     if args.json:
         header = {"model": args.model, "checkpoint": args.checkpoint, "dataset": args.dataset,
-                  "strategy": args.strategy, "target_compression": args.compression, "seed": args.seed}  # fmt: skip
+                  "strategy": args.strategy, "nm": nm, "target_compression": None if nm else args.compression,
+                  "seed": args.seed, "mask_file": args.save_mask}  # fmt: skip
         print(json.dumps({**header, **result.to_dict(), "accuracy": accuracy}))
         return 0
-    print(f"{args.model}: {args.strategy} at compression {args.compression:g} (seed {args.seed})\n")
+    target = f"at compression {args.compression:g}" if nm is None else (
+        f"{nm}, real compression {result.compression:.4g} (the pattern fixes it)")  # fmt: skip
+    print(f"{args.model}: {args.strategy} {target} (seed {args.seed})\n")
     print(metrics.format_table(result))
     for name, scores in accuracy.items():
         print(f"\n{name:9s} on {args.dataset} test: top1 {scores['top1']:.4f}  top5 {scores['top5']:.4f}  "
               f"loss {scores['loss']:.4f}")  # fmt: skip
+    if args.save_mask is not None:
+        print(f"\nmask: {args.save_mask}")
     return 0
 
 

@@ -27,9 +27,10 @@ from typing import Any, Literal, Union
 
 from sbjax import optim
 from sbjax import schedules as schedules_lib
+from sbjax import strategies as strategies_lib
 
 __all__ = ["SCORING", "SETTING_COLUMNS", "ConfigError", "ExperimentConfig", "SweepConfig", "finetune_settings",
-           "load_sweep", "parse_set", "shipped"]
+           "load_sweep", "parse_nm", "parse_set", "shipped"]
 
 REFERENCE = "none"  # the strategy name of the unpruned reference (compression 1)
 SCORING = ("eval", "train")  # the mode of the model when gradient and activation scores are computed
@@ -144,6 +145,42 @@ def _schedule(value: Any) -> schedules_lib.Schedule:
         raise ConfigError(str(error)) from None
 
 
+def parse_nm(nm: str) -> tuple[int, int]:
+    """The ``(N, M)`` of an N:M pattern written ``"N:M"``, with integers ``0 < N < M``.
+
+    >>> parse_nm("2:4"), parse_nm(" 1 : 8 ")
+    ((2, 4), (1, 8))
+    """
+    parts = [part.strip() for part in nm.split(":")] if isinstance(nm, str) else []
+    if len(parts) != 2 or not all(part.isascii() and part.isdigit() for part in parts) or not (
+            0 < int(parts[0]) < int(parts[1])):  # fmt: skip
+        raise ConfigError(f"nm: {nm!r} is not an N:M pattern; expected two integers 0 < N < M, such as '2:4' or '1:8'")
+    return int(parts[0]), int(parts[1])
+
+
+def _own_pattern(strategy: str) -> tuple[int, int] | None:
+    """The N:M pattern the strategy named ``strategy`` has (``None``: it has none, or it is the reference)."""
+    if strategy == REFERENCE:
+        return None
+    try:
+        pattern = strategies_lib.nm_of(strategies_lib.resolve(strategy))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return None if pattern is None else (pattern.n, pattern.m)
+
+
+def _check_nm(nm: str | None, strategy: str) -> str | None:
+    """``nm`` as ``"N:M"``, or ``None`` where it is the strategy's own pattern; refused for other strategies."""
+    if nm is None:
+        return None
+    pattern = parse_nm(nm)
+    own = _own_pattern(strategy)
+    if own is None:
+        raise ConfigError(f"nm {nm!r} sets the pattern of an N:M strategy (nm_magnitude, nm_gradient, nm_activation "
+                          f"or a control of one); strategy {strategy!r} has none: drop nm or use one of those")  # fmt: skip
+    return None if pattern == own else f"{pattern[0]}:{pattern[1]}"
+
+
 def _check_scoring(scoring: str) -> None:
     if scoring not in SCORING:
         raise ConfigError(f"scoring must be one of {', '.join(map(repr, SCORING))}, got {scoring!r}")
@@ -177,6 +214,11 @@ class ExperimentConfig:
         checkpoint_fingerprint: resolved: the checkpoint's recorded array digest and normalization
             (``sbjax.checkpoints.fingerprint``).
         data_fingerprint: resolved: what identifies the data's contents (``sbjax.setups.data_fingerprint``).
+        nm: the N:M pattern ``"N:M"`` (``0 < N < M``) of an N:M strategy (``nm_magnitude``,
+            ``nm_gradient``, ``nm_activation``, or a control of one), refused for other
+            strategies. ``None`` is the strategy's own pattern (2:4 for those three); a value
+            equal to it is stored as ``None`` (one experiment, one id). An N:M strategy ignores
+            ``compression``: its pattern fixes the density (result rows report the real one).
     """
 
     dataset: str
@@ -195,10 +237,12 @@ class ExperimentConfig:
     schedule: Any = schedules_lib.DEFAULT
     checkpoint_fingerprint: str | None = None
     data_fingerprint: str | None = None
+    nm: str | None = None
 
     def __post_init__(self):
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "finetune"}
         _check_types(_hints(ExperimentConfig), values, paths=("checkpoint", "data_dir"))
+        object.__setattr__(self, "nm", _check_nm(self.nm, self.strategy))
         object.__setattr__(self, "finetune", _freeze(self.finetune))
         object.__setattr__(self, "schedule", _schedule(self.schedule))
         object.__setattr__(self, "compression", float(self.compression))
@@ -241,6 +285,7 @@ class ExperimentConfig:
             test_size=self.test_size, score_batch=self.score_batch or settings.batch_size, scoring=self.scoring,
             finetune=dataclasses.asdict(settings),
             schedule=None if self.schedule == schedules_lib.DEFAULT else _schedule_identity(self.schedule),
+            nm=self.nm,
         )  # fmt: skip
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -307,6 +352,10 @@ class SweepConfig:
     and the finetuning settings are those of ``ExperimentConfig``. ``models_per_job``
     finetunes up to that many experiments of one model together
     (``sbjax.finetune.finetune_many``); it changes neither the results nor the experiment ids.
+    ``nm`` (``"N:M"``) is the pattern of the sweep's N:M strategies (``nm_*`` and controls of
+    them), the others run without it; it needs at least one such strategy. An N:M strategy
+    ignores the compression (its pattern fixes the density): each compression of the grid
+    reruns the same mask, so give such a sweep one compression, or read ``real_compression``.
     """
 
     datasets: tuple[str, ...]
@@ -325,6 +374,7 @@ class SweepConfig:
     name: str = "sweep"
     models_per_job: int = 1
     schedules: tuple[Any, ...] = (schedules_lib.DEFAULT,)
+    nm: str | None = None
 
     def __post_init__(self):
         for field in ("datasets", "models", "strategies", "compressions", "seeds", "schedules"):
@@ -348,10 +398,16 @@ class SweepConfig:
             raise ConfigError(f"models_per_job must be a positive count, got {self.models_per_job!r}")
         _check_scoring(self.scoring)
         finetune_settings(self.preset, self.finetune)  # an unknown preset or a bad override fails here
+        if self.nm is not None:
+            parse_nm(self.nm)
+            if not any(_own_pattern(st) for st in self.strategies):
+                raise ConfigError(f"nm {self.nm!r} sets the pattern of N:M strategies (nm_magnitude, nm_gradient, "
+                                  f"nm_activation or controls of them); the sweep has none of them: {list(self.strategies)}")  # fmt: skip
 
     def experiments(self) -> list[ExperimentConfig]:
         """Every experiment of the grid, references first, in a stable order (not resolved yet)."""
         checkpoints = dict(self.checkpoints)
+        nm = {st: self.nm if self.nm is not None and _own_pattern(st) else None for st in self.strategies}
         common = dict(data_dir=self.data_dir, val_size=self.val_size, test_size=self.test_size, preset=self.preset,
                       finetune=self.finetune, score_batch=self.score_batch, scoring=self.scoring)  # fmt: skip
         out = []
@@ -363,7 +419,7 @@ class SweepConfig:
                 out += [ExperimentConfig(strategy=REFERENCE, compression=1, seed=s, schedule=ref, **base)
                         for ref in references for s in self.seeds]  # fmt: skip
                 out += [
-                    ExperimentConfig(strategy=st, compression=c, seed=s, schedule=sc, **base)
+                    ExperimentConfig(strategy=st, compression=c, seed=s, schedule=sc, nm=nm[st], **base)
                     for sc in self.schedules
                     for st in self.strategies
                     for c in self.compressions

@@ -43,7 +43,7 @@ from sbjax import data as data_lib
 from sbjax import masks as masks_lib
 from sbjax import metrics as metrics_lib
 from sbjax import models, scoring, strategies
-from sbjax.config import REFERENCE, SETTING_COLUMNS, ExperimentConfig, SweepConfig
+from sbjax.config import REFERENCE, SETTING_COLUMNS, ExperimentConfig, SweepConfig, parse_nm
 from sbjax.evaluate import evaluate
 from sbjax import schedules as schedules_lib
 from sbjax import stacked
@@ -115,6 +115,8 @@ def make_mask(setup: Setup, config: ExperimentConfig, *, variables: Variables | 
     if config.strategy == REFERENCE:
         return masks_lib.ones_like(params)
     strategy = strategies.resolve(config.strategy)
+    if config.nm is not None:  # another pattern of an N:M strategy (the config checked that it is one)
+        strategy = strategies.with_pattern(strategy, *parse_nm(config.nm))
     selection = setup.selection
     if fraction is None:
         fraction = compression_lib.fraction_for(config.compression, params, selection)

@@ -1,6 +1,8 @@
 """N:M masks: exact N of every M consecutive input entries, ties, demotion, dense leaves, jit/vmap, config and CLI."""
 
 import functools
+import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +10,10 @@ import numpy as np
 import pytest
 
 import sbjax
-from sbjax import strategies
-from sbjax.selection import Selection
+from sbjax import cli, models, strategies
+from sbjax import config as config_lib
+from sbjax.config import ConfigError, ExperimentConfig, SweepConfig
+from sbjax.selection import Selection, leaf_path
 from sbjax.strategies import NM
 
 ALL = Selection(classifier=None)  # every kernel and bias is prunable
@@ -234,3 +238,120 @@ def test_no_retracing_for_a_new_fraction_or_mask():
         mask = step(params, jnp.float32(fraction), mask)
         assert (kept_per_group(mask["layer"]["kernel"], 4) == 2).all(), i
     assert len(traces) == 1
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def experiment_config(strategy="nm_magnitude", **kwargs):
+    return ExperimentConfig("mnist5k", "mlp", strategy, kwargs.pop("compression", 2), 0,
+                            data_fingerprint="embedded:mnist5k", **kwargs)  # fmt: skip
+
+
+@pytest.mark.parametrize("nm", ["3:2", "a:b", "2:2", "0:4", "-1:4", "2.0:4", "2:4:8", "2", "", "２:４"])
+def test_a_bad_pattern_is_one_error_naming_the_value_and_what_was_expected(nm):
+    with pytest.raises(ConfigError, match=rf"nm: {re.escape(repr(nm))} is not an N:M pattern; expected two integers 0 < N < M"):
+        experiment_config(nm=nm)
+
+
+def test_nm_of_the_wrong_type_or_for_a_strategy_without_a_pattern_is_refused():
+    with pytest.raises(ConfigError, match=r"nm: 3 is not a string or null"):
+        experiment_config(nm=3)
+    for strategy in ("global_magnitude", "snip", "random_proportions(global_magnitude)"):
+        with pytest.raises(ConfigError, match=rf"nm '2:4' sets the pattern of an N:M strategy \(nm_magnitude, .*"
+                                              rf"strategy {re.escape(repr(strategy))} has none"):  # fmt: skip
+            experiment_config(strategy, nm="2:4")
+    with pytest.raises(ConfigError, match="strategy 'none' has none"):
+        experiment_config("none", compression=1, nm="2:4")
+
+
+def test_ids_of_experiments_without_nm_are_unchanged_and_nm_enters_only_when_it_changes_the_pattern():
+    # pinned: the ids these configs had before the nm field existed
+    assert experiment_config("global_magnitude", compression=4).id == "ea70221cc3c00a02"
+    reference = ExperimentConfig("mnist5k", "mlp", "none", 1, 1, data_fingerprint="embedded:mnist5k", schedule="gradual")
+    assert reference.id == "f69fd0b26ddac582" and "nm" not in reference.identity()
+    default = experiment_config()
+    assert experiment_config(nm="2:4").nm is None and experiment_config(nm=" 2 : 4 ").id == default.id
+    other = experiment_config(nm=" 4 : 8 ")
+    assert other.nm == "4:8" and other.identity()["nm"] == "4:8" and other.id != default.id
+    assert experiment_config("random_proportions(nm_magnitude)", nm="1:4").nm == "1:4"
+    assert experiment_config(nm="4:8").to_dict()["nm"] == "4:8"
+
+
+def test_a_sweep_sets_the_pattern_of_its_nm_strategies_only():
+    sweep = SweepConfig(["mnist5k"], ["mlp"], ["global_magnitude", "nm_gradient"], [2], [0], nm="1:4")
+    assert [(e.strategy, e.nm) for e in sweep.experiments()] == [("none", None), ("global_magnitude", None),
+                                                                  ("nm_gradient", "1:4")]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"nm '1:4' sets the pattern of N:M strategies .* the sweep has none of them: "
+                                          r"\['global_magnitude'\]"):  # fmt: skip
+        SweepConfig(["mnist5k"], ["mlp"], ["global_magnitude"], [2], [0], nm="1:4")
+    with pytest.raises(ConfigError, match=r"nm: '4:1' is not an N:M pattern"):
+        SweepConfig(["mnist5k"], ["mlp"], ["nm_magnitude"], [2], [0], nm="4:1")
+    loaded = config_lib.load_sweep("default", ["strategies=[\"nm_magnitude\"]", "nm=4:8"])
+    assert {e.nm for e in loaded.experiments() if e.strategy == "nm_magnitude"} == {"4:8"}
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def test_sbjax_strategies_lists_the_nm_strategies(capsys):
+    assert cli.main(["strategies"]) == 0
+    out = capsys.readouterr().out
+    for name in ("nm_magnitude", "nm_gradient", "nm_activation"):
+        assert any(line.startswith(name + " ") and "every M inputs" in line for line in out.splitlines()), name
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--strategy", "nm_magnitude", "--nm", "3:2"], "nm: '3:2' is not an N:M pattern; expected two integers 0 < N < M"),
+        (["--strategy", "nm_magnitude", "--nm", "a:b"], "nm: 'a:b' is not an N:M pattern"),
+        (["--strategy", "global_magnitude", "--nm", "2:4", "--compression", "2"],
+         "--nm 2:4 sets the pattern of an N:M strategy (nm_magnitude, nm_gradient, nm_activation or a control of one); "
+         "strategy 'global_magnitude' has none"),
+        (["--strategy", "global_magnitude"], "strategy 'global_magnitude' needs --compression; only the N:M strategies"),
+        (["--strategy", "nm_magnitude", "--save-mask", "m.txt"], "--save-mask 'm.txt' must be a file name ending in .npz"),
+    ],
+)
+def test_prune_refuses_bad_patterns_and_missing_compressions_in_one_line(args, message, capsys):
+    assert cli.main(["prune", "--model", "mlp", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_prune_with_a_compression_warns_that_the_pattern_ignores_it_and_reports_the_real_one(tmp_path, capsys):
+    path = tmp_path / "mlp.npz"
+    assert cli.main(["prune", "--model", "mlp", "--strategy", "nm_magnitude", "--nm", "1:4", "--compression", "8",
+                     "--save-mask", str(path), "--json"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    assert "--compression 8 is ignored, the pattern fixes the density" in captured.err
+    result = json.loads(captured.out)
+    assert result["nm"] == "1:4" and result["target_compression"] is None and result["mask_file"] == str(path)
+    with np.load(path) as saved:
+        masks = dict(saved)
+    assert (kept_per_group(masks["fc1/kernel"], 4) == 1).all() and masks["fc1/kernel"].shape == (784, 300)
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert result["params_nonzero"] == kept and result["compression"] == pytest.approx(266_610 / kept)
+
+
+def test_prune_resnet20_nm_2_4_saves_a_mask_with_2_of_every_4_inputs_of_every_pruned_kernel(tmp_path, capsys):
+    path = tmp_path / "m.npz"
+    assert cli.main(["prune", "--model", "resnet20", "--strategy", "nm_magnitude", "--nm", "2:4",
+                     "--save-mask", str(path)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "nm_magnitude 2:4, real compression 1.982" in out and f"mask: {path}" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]  # no temporary file left
+    with np.load(path) as saved:
+        masks = dict(saved)
+    abstract = models.abstract_variables("resnet20", 10, (32, 32, 3))["params"]
+    leaves = {leaf_path(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+    assert set(masks) == set(leaves) and "layer1_0/conv1/kernel" in masks
+    patterned = []
+    for key, mask in masks.items():
+        assert mask.shape == leaves[key].shape and set(np.unique(mask)) <= {0.0, 1.0}, key
+        if (mask == 0).any():
+            assert key.endswith("/kernel") and mask.shape[-2] % 4 == 0, key
+            assert (kept_per_group(mask, 4) == 2).all(), key
+            patterned.append(key)
+    assert len(patterned) == 18  # every conv of the three stages; the stem (3 inputs) and the classifier stay dense
+    assert masks["conv1/kernel"].all() and masks["linear/kernel"].all()
