@@ -5,7 +5,8 @@ loss, apply, input_shape) -> mask``; ``fraction`` is the kept fraction of the *p
 (ShrinkBench's meaning). The library builds them as small frozen values (:func:`make`: a score
 function, a scope, the inputs it needs, and the rounds when iterative); a plain function with
 that signature is a valid strategy too. See ``sbjax.strategies.core`` for the value,
-``baselines`` for ShrinkBench's seven, ``nm`` for N:M patterns, ``at_init`` for pruning at
+``baselines`` for ShrinkBench's seven, ``nm`` for N:M patterns, ``channels`` for whole channels
+(structured, with the group scope), ``at_init`` for pruning at
 initialization, ``controls`` for the checklist's controls and ``registry`` for names and
 ``"package.module:attr"`` import paths.
 
@@ -16,6 +17,7 @@ initialization, ``controls`` for the checklist's controls and ``registry`` for n
 | ``global_gradient`` / ``layer_gradient`` | ``|w * dL/dw|`` (Molchanov et al., 2017) | global / per tensor | grads |
 | ``global_activation`` / ``layer_activation`` | ``|w * a|`` (ShrinkBench) | global / per tensor | activations |
 | ``nm_magnitude`` / ``nm_gradient`` / ``nm_activation`` | ``|w|`` / ``|w * dL/dw|`` / ``|w * a|`` | N:M along the input, default 2:4 (``fraction`` ignored) | - / grads / activations |
+| ``channel_l1`` / ``channel_bn`` / ``channel_taylor`` / ``channel_activation`` / ``channel_random`` (and ``layer_``) | per channel group: filter L1, ``|gamma|``, Taylor, mean activation, noise | channel groups, global / per layer | apply (+ grads / activations / key) |
 | ``snip`` | ``|w * dL/dw|`` at initialization (Lee et al., 2019) | global | grads |
 | ``grasp`` | ``w * Hg`` (Wang et al., 2020) | global | loss |
 | ``synflow`` | ``|w| * dR/d|w|``, 100 rounds (Tanaka et al., 2020) | global, iterative | apply |
@@ -51,6 +53,7 @@ from sbjax.strategies.baselines import (
     random,
     random_score,
 )
+from sbjax.strategies.channels import CHANNELS, GROUPS, LAYER_GROUPS, GroupScores, Groups
 from sbjax.strategies.controls import CONTROLS, Control, magnitude_proportions, random_proportions, reinit
 from sbjax.strategies.core import (
     GLOBAL,
@@ -76,8 +79,13 @@ from sbjax.strategies.registry import REGISTRY, get, names, register, resolve, t
 __all__ = [
     "AT_INIT",
     "BASELINES",
+    "CHANNELS",
     "CONTROLS",
     "GLOBAL",
+    "GROUPS",
+    "GroupScores",
+    "Groups",
+    "LAYER_GROUPS",
     "NEEDS",
     "NM",
     "NM_STRATEGIES",

@@ -12,7 +12,7 @@ slimmed model (``sbjax.slim``) computes.
 | ``channel_bn`` / ``layer_channel_bn`` | ``|gamma|`` of the group's batch-norm scales (Liu et al., 2017) | global / per layer |
 | ``channel_taylor`` / ``layer_channel_taylor`` | ``(sum of w * dL/dw over the group)^2`` (Molchanov et al., 2019) | global / per layer |
 | ``channel_activation`` / ``layer_channel_activation`` | mean ``|a|`` of the channel at its consumers | global / per layer |
-| ``channel_random`` | uniform noise | global |
+| ``channel_random`` / ``layer_channel_random`` | uniform noise | global / per layer |
 
 The compression target counts parameters as for unstructured strategies: groups go, lowest
 score first, until the kept parameters (every leaf, removed batch-norm entries and classifier
@@ -56,6 +56,7 @@ __all__ = [
     "layer_channel_activation",
     "layer_channel_bn",
     "layer_channel_l1",
+    "layer_channel_random",
     "layer_channel_taylor",
 ]
 
@@ -293,10 +294,9 @@ channel_taylor, layer_channel_taylor = _pair(
 channel_activation, layer_channel_activation = _pair(
     activation_score, "activation", "channels by their mean |activation| at the next layers", ("activations",)
 )
-channel_random = make(random_score, GROUPS, needs=("apply", "key"), name="channel_random",
-                      doc="whole channels uniformly at random, global")  # fmt: skip
+channel_random, layer_channel_random = _pair(random_score, "random", "whole channels uniformly at random", ("key",))
 
 CHANNELS: tuple[Strategy, ...] = (
     channel_l1, layer_channel_l1, channel_bn, layer_channel_bn, channel_taylor, layer_channel_taylor,
-    channel_activation, layer_channel_activation, channel_random,
+    channel_activation, layer_channel_activation, channel_random, layer_channel_random,
 )  # fmt: skip

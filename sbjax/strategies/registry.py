@@ -23,6 +23,7 @@ from typing import Any
 
 from sbjax.strategies.at_init import AT_INIT
 from sbjax.strategies.baselines import BASELINES
+from sbjax.strategies.channels import CHANNELS
 from sbjax.strategies.controls import CONTROLS, Control, templates
 from sbjax.strategies.core import FunctionStrategy, Strategy, from_function
 from sbjax.strategies.nm import NM_STRATEGIES
@@ -31,7 +32,7 @@ __all__ = ["REGISTRY", "get", "names", "register", "resolve", "templates"]
 
 AnyStrategy = Strategy | FunctionStrategy | Control
 
-_registered: dict[str, AnyStrategy] = {strategy.name: strategy for strategy in BASELINES + NM_STRATEGIES + AT_INIT}
+_registered: dict[str, AnyStrategy] = {strategy.name: strategy for strategy in BASELINES + NM_STRATEGIES + CHANNELS + AT_INIT}
 _CONTROL = re.compile(r"\s*(\w+)\s*\((.*)\)\s*")
 #: The registered strategies by name (read-only; add with :func:`register`).
 REGISTRY: Mapping[str, AnyStrategy] = types.MappingProxyType(_registered)
@@ -60,7 +61,7 @@ def register(name: str, strategy: AnyStrategy | Callable[..., Any]) -> AnyStrate
 
 
 def names() -> list[str]:
-    """The registered strategy names: the baselines, the N:M ones, the at-initialization ones, then users'.
+    """The registered strategy names: the baselines, N:M, channels, at initialization, then users'.
 
     The controls are templates over these (see :func:`templates`), not names.
     """
