@@ -398,12 +398,67 @@ def _add_prune(subparsers) -> None:
                                                "(0 < N < M; default: the strategy's, 2:4)")  # fmt: skip
     p.add_argument("--save-mask", metavar="PATH.npz",
                    help="write the mask: one array per params leaf, keyed by its path (layer1_0/conv1/kernel)")
+    p.add_argument("--slim", action="store_true",
+                   help="cut the removed channel groups out: report the slimmed model's params and MACs "
+                        "(slim_params_total, slim_macs); for channel strategies (channel_*)")  # fmt: skip
+    p.add_argument("--latency", action="store_true",
+                   help="with --slim: time the jitted forward pass of the dense and the slimmed model (batch 1 and "
+                        "--batch-size; median of interleaved calls) and report measured_speedup")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=128, help="the batch of --latency besides 1 (default 128)")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per model and batch for --latency (default 20)")
+    p.add_argument("--save-slim", metavar="DIR", help="with --slim: save the slimmed model as a checkpoint folder "
+                                                      "(`sbjax eval --checkpoint DIR` runs it)")  # fmt: skip
     p.add_argument("--dataset", help="score and evaluate on this dataset (test split); needed by gradient and "
                                      "activation strategies; default: no data, no accuracy")  # fmt: skip
     p.add_argument("--data-dir", help="local image folder or archive for --dataset")
     p.add_argument("--seed", type=int, default=0, help="seed of the init, random masks and scoring batch (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=_cmd_prune)
+
+
+def _check_slim_flags(args: argparse.Namespace) -> None:
+    if (args.latency or args.save_slim) and not args.slim:
+        flag = "--latency" if args.latency else "--save-slim"
+        raise UserError(f"{flag} works on the slimmed model: add --slim")
+    if args.batch_size < 1 or args.repeats < 1:
+        raise UserError(f"--batch-size {args.batch_size} and --repeats {args.repeats} must be positive integers")
+    if args.save_slim:
+        from pathlib import Path
+
+        if Path(args.save_slim).expanduser().exists():
+            raise UserError(f"--save-slim {args.save_slim}: the folder exists; choose a new one")
+
+
+def _slim(args: argparse.Namespace, setup, mask, result) -> dict:
+    """The slimmed model's report (``--slim``, ``--latency``), saved with ``--save-slim``."""
+    from sbjax import checkpoints, latency
+
+    model, variables, shape = setup.model, setup.variables, setup.input_shape
+    if args.latency:
+        print(f"timing the dense and the slimmed model at batch 1 and {args.batch_size} ...", file=sys.stderr)
+    report, slimmed = latency.slim_report(lambda v, x: model.apply(v, x, train=False), variables, mask, shape,
+                                          latency=args.latency, batch=args.batch_size, repeats=args.repeats)  # fmt: skip
+    if report["slim_params_total"] != result.params_nonzero:
+        warnings.warn(f"the mask is not made of whole channel groups: the slimmed model keeps "
+                      f"{report['slim_params_total']:,} params, the mask {result.params_nonzero:,} (use a channel_* "
+                      "strategy for a mask that slims exactly)")  # fmt: skip
+    if args.save_slim:
+        info = checkpoints.CheckpointInfo(
+            args.model, _num_classes(setup), tuple(shape),
+            source=args.checkpoint, mean=tuple(setup.mean), std=tuple(setup.std), slim=slimmed.sorted_keys,
+        )
+        checkpoints.save(args.save_slim, slimmed.variables, info)
+        report["slim_checkpoint"] = str(args.save_slim)
+    return report
+
+
+def _num_classes(setup) -> int:
+    import jax
+    import numpy as np
+
+    out = jax.eval_shape(lambda v, x: setup.model.apply(v, x, train=False), setup.variables,
+                         jax.ShapeDtypeStruct((1, *setup.input_shape), np.float32))  # fmt: skip
+    return int(out.shape[-1])
 
 
 def _nm_pattern(args: argparse.Namespace) -> tuple[int, int] | None:
@@ -455,6 +510,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     if args.save_mask is not None and not args.save_mask.endswith(".npz"):
         raise UserError(f"--save-mask {args.save_mask!r} must be a file name ending in .npz")
+    _check_slim_flags(args)
     pattern = _nm_pattern(args)
     _model_name(args)
     # an N:M strategy ignores the kept fraction: the config's compression is the pattern's nominal M/N
@@ -470,12 +526,13 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         accuracy = {"unpruned": experiment.accuracy(setup, variables, setup.test),
                     "pruned": experiment.accuracy(setup, pruned, setup.test)}  # fmt: skip
     result = metrics.compute_module(model, variables, mask, shape, train=False)
+    slimmed = _slim(args, setup, mask, result) if args.slim else {}
     nm = None if pattern is None else f"{pattern[0]}:{pattern[1]}"
     if args.json:
         header = {"model": args.model, "checkpoint": args.checkpoint, "dataset": args.dataset,
                   "strategy": args.strategy, "nm": nm, "target_compression": None if nm else args.compression,
                   "seed": args.seed, "mask_file": args.save_mask}  # fmt: skip
-        print(json.dumps({**header, **result.to_dict(), "accuracy": accuracy}))
+        print(json.dumps({**header, **result.to_dict(), **slimmed, "accuracy": accuracy}))
         return 0
     target = f"at compression {args.compression:g}" if nm is None else (
         f"{nm}, real compression {result.compression:.4g} (the pattern fixes it)")  # fmt: skip
@@ -486,6 +543,18 @@ def _cmd_prune(args: argparse.Namespace) -> int:
               f"loss {scores['loss']:.4f}")  # fmt: skip
     if args.save_mask is not None:
         print(f"\nmask: {args.save_mask}")
+    if slimmed:
+        print(f"\nslimmed: {slimmed['slim_groups_removed']} channel groups removed, {slimmed['slim_params_total']:,} "
+              f"params, {slimmed['slim_macs']:,} MACs per example (theoretical speedup {result.macs / slimmed['slim_macs']:.2f}x)")  # fmt: skip
+        if "latency" in slimmed:
+            lat = slimmed["latency"]
+            print(f"measured on {lat['device']} ({lat['platform']}): speedup {slimmed['measured_speedup_batch1']:.2f}x "
+                  f"at batch 1, {slimmed['measured_speedup']:.2f}x at batch {args.batch_size}")  # fmt: skip
+            for batch, row in lat["batches"].items():
+                print(f"  batch {batch:>4}: dense {row['dense']['median_ms']:.2f} ms ({row['dense']['throughput']:,.0f}/s), "
+                      f"slim {row['slim']['median_ms']:.2f} ms ({row['slim']['throughput']:,.0f}/s)")  # fmt: skip
+        if "slim_checkpoint" in slimmed:
+            print(f"slimmed checkpoint: {slimmed['slim_checkpoint']}")
     return 0
 
 
