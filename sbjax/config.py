@@ -169,6 +169,11 @@ def _own_pattern(strategy: str) -> tuple[int, int] | None:
     return None if pattern is None else (pattern.n, pattern.m)
 
 
+def _check_latency(latency: int | None) -> None:
+    if latency is not None and (isinstance(latency, bool) or not isinstance(latency, int) or latency < 1):
+        raise ConfigError(f"latency must be a positive batch size (128, say) or null, got {latency!r}")
+
+
 def _check_nm(nm: str | None, strategy: str) -> str | None:
     """``nm`` as ``"N:M"``, or ``None`` where it is the strategy's own pattern; refused for other strategies."""
     if nm is None:
@@ -219,6 +224,10 @@ class ExperimentConfig:
             strategies. ``None`` is the strategy's own pattern (2:4 for those three); a value
             equal to it is stored as ``None`` (one experiment, one id). An N:M strategy ignores
             ``compression``: its pattern fixes the density (result rows report the real one).
+        latency: a batch size: the result row also reports the measured latency of the dense
+            and the slimmed model (``sbjax.latency.slim_report``) at batch 1 and this batch,
+            and ``measured_speedup``; ``None`` (default): no timing. Rows of channel
+            strategies always report ``slim_params_total`` and ``slim_macs``.
     """
 
     dataset: str
@@ -238,10 +247,12 @@ class ExperimentConfig:
     checkpoint_fingerprint: str | None = None
     data_fingerprint: str | None = None
     nm: str | None = None
+    latency: int | None = None
 
     def __post_init__(self):
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "finetune"}
         _check_types(_hints(ExperimentConfig), values, paths=("checkpoint", "data_dir"))
+        _check_latency(self.latency)
         object.__setattr__(self, "nm", _check_nm(self.nm, self.strategy))
         object.__setattr__(self, "finetune", _freeze(self.finetune))
         object.__setattr__(self, "schedule", _schedule(self.schedule))
@@ -285,7 +296,7 @@ class ExperimentConfig:
             test_size=self.test_size, score_batch=self.score_batch or settings.batch_size, scoring=self.scoring,
             finetune=dataclasses.asdict(settings),
             schedule=None if self.schedule == schedules_lib.DEFAULT else _schedule_identity(self.schedule),
-            nm=self.nm,
+            nm=self.nm, latency=self.latency,
         )  # fmt: skip
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -356,6 +367,8 @@ class SweepConfig:
     them), the others run without it; it needs at least one such strategy. An N:M strategy
     ignores the compression (its pattern fixes the density): each compression of the grid
     reruns the same mask, so give such a sweep one compression, or read ``real_compression``.
+    ``latency`` (a batch size) times the dense and the slimmed model of every pruned
+    experiment (see ``ExperimentConfig.latency``).
     """
 
     datasets: tuple[str, ...]
@@ -375,6 +388,7 @@ class SweepConfig:
     models_per_job: int = 1
     schedules: tuple[Any, ...] = (schedules_lib.DEFAULT,)
     nm: str | None = None
+    latency: int | None = None
 
     def __post_init__(self):
         for field in ("datasets", "models", "strategies", "compressions", "seeds", "schedules"):
@@ -391,6 +405,7 @@ class SweepConfig:
         _check_types(_hints(SweepConfig), values, expected={"checkpoints": "a mapping of model names to checkpoints"},
                      paths=("data_dir",))  # fmt: skip
         _check_unique(self)
+        _check_latency(self.latency)
         object.__setattr__(self, "schedules", tuple(dict.fromkeys(_schedule(s) for s in self.schedules)))
         object.__setattr__(self, "checkpoints", tuple(sorted(tuple(p) for p in checkpoints)))
         object.__setattr__(self, "finetune", _freeze(self.finetune))
@@ -410,6 +425,7 @@ class SweepConfig:
         nm = {st: self.nm if self.nm is not None and _own_pattern(st) else None for st in self.strategies}
         common = dict(data_dir=self.data_dir, val_size=self.val_size, test_size=self.test_size, preset=self.preset,
                       finetune=self.finetune, score_batch=self.score_batch, scoring=self.scoring)  # fmt: skip
+        timed = dict(latency=self.latency)
         out = []
         for dataset in self.datasets:
             for model in self.models:
@@ -419,7 +435,7 @@ class SweepConfig:
                 out += [ExperimentConfig(strategy=REFERENCE, compression=1, seed=s, schedule=ref, **base)
                         for ref in references for s in self.seeds]  # fmt: skip
                 out += [
-                    ExperimentConfig(strategy=st, compression=c, seed=s, schedule=sc, nm=nm[st], **base)
+                    ExperimentConfig(strategy=st, compression=c, seed=s, schedule=sc, nm=nm[st], **base, **timed)
                     for sc in self.schedules
                     for st in self.strategies
                     for c in self.compressions

@@ -170,11 +170,39 @@ def dense_gradients(setup: Setup, config: ExperimentConfig, variables: Variables
     return _scoring_fn(setup.model, config.scoring, frozenset({"grads"}))(variables, x, y, key)[0]
 
 
-def efficiency(setup: Setup, mask: Mask) -> dict[str, float]:
-    """The efficiency columns of a result row, from the jaxpr of the forward pass."""
+def efficiency(setup: Setup, mask: Mask, *, slim: bool = False, latency: int | None = None) -> dict[str, Any]:
+    """The efficiency columns of a result row, from the jaxpr of the forward pass.
+
+    With ``slim`` (or ``latency``), the slimmed model's ``slim_params_total`` and ``slim_macs``;
+    with ``latency`` (a batch size), the measured dense and slimmed forward latency at that
+    batch (``latency_dense_ms``, ``latency_slim_ms``, ``throughput_dense``, ``throughput_slim``,
+    the device) and ``measured_speedup`` (and ``measured_speedup_batch1``).
+    """
     m = metrics_lib.compute_module(setup.model, setup.variables, mask, setup.input_shape, train=False)
-    return dict(params_total=m.params_total, params_nonzero=m.params_nonzero, real_compression=m.compression,
-                macs=m.macs, macs_nonzero=m.macs_nonzero, flops=m.flops, speedup=m.speedup, memory=m.memory)  # fmt: skip
+    out = dict(params_total=m.params_total, params_nonzero=m.params_nonzero, real_compression=m.compression,
+               macs=m.macs, macs_nonzero=m.macs_nonzero, flops=m.flops, speedup=m.speedup, memory=m.memory)  # fmt: skip
+    if slim or latency:
+        from sbjax import latency as latency_lib
+
+        apply = lambda v, x: setup.model.apply(v, x, train=False)  # noqa: E731
+        report, _ = latency_lib.slim_report(apply, setup.variables, mask, setup.input_shape, latency=bool(latency),
+                                            batch=latency or 1)  # fmt: skip
+        out |= dict(slim_params_total=report["slim_params_total"], slim_macs=report["slim_macs"])
+        if latency:
+            row = report["latency"]["batches"][str(latency)]
+            out |= dict(latency_device=report["latency"]["device"], latency_batch=latency,
+                        latency_dense_ms=row["dense"]["median_ms"], latency_slim_ms=row["slim"]["median_ms"],
+                        throughput_dense=row["dense"]["throughput"], throughput_slim=row["slim"]["throughput"],
+                        measured_speedup=report["measured_speedup"],
+                        measured_speedup_batch1=report["measured_speedup_batch1"])  # fmt: skip
+    return out
+
+
+def _structured(config: ExperimentConfig) -> bool:
+    """Whether the experiment's strategy removes whole channel groups (its rows report the slimmed model)."""
+    if config.strategy == REFERENCE:
+        return False
+    return isinstance(getattr(strategies.resolve(config.strategy), "scope", None), strategies.Groups)
 
 
 def accuracy(setup: Setup, variables: Variables, data: data_lib.ImageData) -> dict[str, float]:
@@ -365,7 +393,8 @@ def _row(setup: Setup, config: ExperimentConfig, mask: Mask, before: dict[str, f
         experiment_id=config.id, dataset=config.dataset, model=config.model, checkpoint=config.checkpoint,
         strategy=config.strategy, schedule=config.schedule.describe(), round=round_,
         compression=config.schedule.compressions(config.compression)[round_ - 1], seed=config.seed, preset=config.preset,
-        **efficiency(setup, mask),
+        **efficiency(setup, mask, slim=_structured(config),
+                     latency=None if config.strategy == REFERENCE else config.latency),
         pre_top1=before["top1"], pre_top5=before["top5"], pre_loss=before["loss"],
         top1=after["top1"], top5=after["top5"], loss=after["loss"], val_top1=val, epochs=epochs,
         wall_time=seconds, **config.columns(),

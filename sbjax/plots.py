@@ -31,6 +31,7 @@ REFERENCE = "none"
 X_AXES = {"compression": "real_compression_mean", "speedup": "speedup_mean"}
 BASELINES = ("random", "global_magnitude", "layer_magnitude")
 CONTROLS = ("random_proportions", "magnitude_proportions")  # the checklist's same-proportions controls
+CHANNEL_CONTROLS = ("channel_random", "layer_channel_random")  # whole channels at random: the structured control
 
 
 def _line(strategy: str, schedule: str, settings: Sequence[str] = ()) -> str:
@@ -156,11 +157,15 @@ def report_card(frame: pd.DataFrame, *, collapse: float = 0.5) -> list[str]:
         for baseline, options in {"random": ("random",), "magnitude": ("global_magnitude", "layer_magnitude")}.items():
             if not strategies & set(options):
                 problems.append(f"{where}: no {baseline} baseline ({' or '.join(options)})")
-        methods = sorted(s for s in strategies if s not in BASELINES and not s.startswith((*CONTROLS, "reinit(")))
-        missing = [m for m in methods if not {f"{c}({m})" for c in CONTROLS} <= strategies]
+        methods = sorted(s for s in strategies if s not in BASELINES + CHANNEL_CONTROLS
+                         and not s.startswith((*CONTROLS, "reinit(")))  # fmt: skip
+        structured = [m for m in methods if m.startswith(("channel_", "layer_channel_"))]
+        missing = [m for m in methods if m not in structured and not {f"{c}({m})" for c in CONTROLS} <= strategies]
         if missing:
             problems.append(f"{where}: no same-proportions controls (random_proportions(M), magnitude_proportions(M)) "
                             f"for {missing}")  # fmt: skip
+        if structured and not strategies & set(CHANNEL_CONTROLS):
+            problems.append(f"{where}: no random-channel control ({' or '.join(CHANNEL_CONTROLS)}) for {structured}")
         problems += _seed_problems(where, rows, settings)
         if settings:
             kinds = rows[settings].drop_duplicates()

@@ -57,7 +57,8 @@ __all__ = [
 COLUMNS = (
     "experiment_id", "dataset", "model", "checkpoint", "strategy", "schedule", "round", "compression", "seed", "preset",
     "params_total", "params_nonzero", "real_compression", "macs", "macs_nonzero", "flops",
-    "speedup", "memory", "pre_top1", "pre_top5", "pre_loss", "top1", "top5", "loss",
+    "speedup", "memory", "slim_params_total", "slim_macs", "latency_device", "latency_batch", "latency_dense_ms",
+    "latency_slim_ms", "throughput_dense", "throughput_slim", "measured_speedup", "measured_speedup_batch1", "pre_top1", "pre_top5", "pre_loss", "top1", "top5", "loss",
     "val_top1", "epochs", "wall_time", *SETTING_COLUMNS,
 )  # fmt: skip
 """The columns of a result row (SPEC section 8), the experiment's settings last (``ExperimentConfig.columns``)."""

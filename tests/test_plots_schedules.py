@@ -36,3 +36,12 @@ def test_report_card_asks_for_same_proportions_controls_of_each_method():
     rows += [row(f"{c}(snip)", k, s, 0.5, schedule="at_init", experiment_id=f"{c}{k}{s}")
              for c in ("random_proportions", "magnitude_proportions") for k in (2, 4, 8) for s in (0, 1)]  # fmt: skip
     assert plots.report_card(results.aggregate(rows)) == []
+
+
+def test_report_card_asks_channel_strategies_for_a_random_channel_control():
+    rows = sweep_rows()
+    rows += [row("channel_l1", c, s, 0.6, experiment_id=f"l1{c}{s}") for c in (2, 4, 8) for s in (0, 1)]
+    assert plots.report_card(results.aggregate(rows)) == [
+        "m on d: no random-channel control (channel_random or layer_channel_random) for ['channel_l1']"]
+    rows += [row("layer_channel_random", c, s, 0.5, experiment_id=f"rc{c}{s}") for c in (2, 4, 8) for s in (0, 1)]
+    assert plots.report_card(results.aggregate(rows)) == []
