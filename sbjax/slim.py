@@ -31,7 +31,7 @@ equals the masked model for any mask.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -87,7 +87,7 @@ class Slimmed:
     @property
     def params_total(self) -> int:
         """Entries of the slimmed params (all variables when there is no ``params`` collection)."""
-        tree = self.variables.get("params", self.variables) if isinstance(self.variables, dict) else self.variables
+        tree = self.variables["params"] if _collections(self.variables) else self.variables
         return masks_lib.count_total(tree)
 
     def apply(self, variables: Variables, x: Any) -> Any:
@@ -99,13 +99,19 @@ class Slimmed:
         return self.apply(self.variables, x)
 
 
-def _full_mask(variables: Variables, mask: Mask) -> Variables:
-    """``mask`` over the whole variables tree: the params' mask, ones elsewhere."""
-    if isinstance(variables, dict) and "params" in variables and jax.tree.structure(mask) != jax.tree.structure(variables):
+def _collections(variables: Variables) -> bool:
+    """Whether ``variables`` is a Flax variables mapping (``{"params": ..., "batch_stats": ...}``)."""
+    return isinstance(variables, Mapping) and "params" in variables
+
+
+def _full_mask(variables: Variables, mask: Mask) -> list[np.ndarray]:
+    """The leaves of ``mask`` over the whole variables tree: the params' mask, ones elsewhere."""
+    if _collections(variables) and jax.tree.structure(mask) != jax.tree.structure(variables):
         masks_lib.check_mask(variables["params"], mask)
-        return {k: (mask if k == "params" else jax.tree.map(jnp.ones_like, v)) for k, v in variables.items()}
+        full = {k: (mask if k == "params" else jax.tree.map(np.ones_like, v)) for k, v in variables.items()}
+        return [np.asarray(m) for m in jax.tree.leaves(full)]
     masks_lib.check_mask(variables, mask)
-    return mask
+    return [np.asarray(m) for m in jax.tree.leaves(mask)]
 
 
 def removed_groups(graph: channels.ChannelGraph, mask_leaves: dict[str, np.ndarray], params_prefix: str = "params/"):
@@ -137,17 +143,18 @@ def slim(apply_fn: Callable[[Variables, Any], Any], variables: Variables, mask: 
         raise SlimError(f"cannot slim: {e}") from e
     flat = jax.tree_util.tree_flatten_with_path(variables)[0]
     paths = [selection_lib.leaf_path(p) for p, _ in flat]
-    prefix = "params/" if isinstance(variables, dict) and "params" in variables else ""
-    mask_leaves = dict(zip(paths, (np.asarray(m) for m in jax.tree.leaves(full_mask))))
+    prefix = "params/" if _collections(variables) else ""
+    mask_leaves = dict(zip(paths, full_mask))
     removed = removed_groups(graph, mask_leaves, prefix)
     gone = np.zeros(len(graph), bool)
     gone[removed] = True
     leaves = []
-    for path, (_, leaf), m in zip(paths, flat, jax.tree.leaves(full_mask)):
-        value = jnp.asarray(leaf) * jnp.asarray(m).astype(jnp.result_type(leaf))
+    for path, (_, leaf), m in zip(paths, flat, full_mask):  # on the host: no compilation per leaf shape
+        value = np.asarray(leaf)
+        value = value * m.astype(value.dtype)
         for axis, kept in _kept(graph, gone, path, np.shape(leaf)).items():
-            value = jnp.take(value, kept, axis=axis)
-        leaves.append(value)
+            value = np.take(value, kept, axis=axis)
+        leaves.append(jnp.asarray(value))
     full = jax.tree.map(_spec, variables)
     keys = frozenset(_key(graph.groups[g]) for g in removed)
     return Slimmed(jax.tree.unflatten(jax.tree.structure(variables), leaves), apply_fn, full, keys)

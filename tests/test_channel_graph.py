@@ -498,3 +498,23 @@ def test_registry_model_groups(name):
     for g in graph.groups[:: max(1, len(graph) // 50)]:
         held = {(p, a) for p, a, _ in g.members}
         assert set(g.producers) <= held and set(g.consumers) <= held
+
+
+class StackPool(nn.Module):
+    """A conv, then two pooled copies stacked on a new axis (as adaptive pooling below its size does)."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(3, (3, 3), name="conv")(x)
+        x = jnp.stack([x[:, 0:1, 0:1, :].mean(axis=(1, 2))] * 2, axis=1)
+        return nn.Dense(2, name="head")(x.reshape(x.shape[0], -1))
+
+
+def test_stack_pins_its_new_axis_and_keeps_the_channels():
+    model, x = StackPool(), jnp.ones((2, 1, 1, 2))
+    variables = model.init(jax.random.key(0), x)
+    graph = channels.channel_graph(model.apply, variables, x)
+    assert len(graph) == 3
+    for c, group in enumerate(graph.groups):
+        rows = dict(((p, a), pos) for p, a, pos in group.members)[("params/head/kernel", 0)]
+        assert rows == (c, 3 + c)  # the flattened (copy, channel) rows of channel c

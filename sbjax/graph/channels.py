@@ -488,6 +488,19 @@ def _concatenate(w: _Walk, eqn, labels, out_shapes):
     return [tuple(out)], None
 
 
+def _stack(w: _Walk, eqn, labels, out_shapes):
+    """``stack`` along a new axis: the operands' axes tie; the new axis (one per operand) is pinned."""
+    new = eqn.params["axis"] % len(out_shapes[0])
+    out = []
+    for axis in range(len(labels[0])):
+        merged = labels[0][axis]
+        for other in labels[1:]:
+            merged = w.nodes.tie(merged, other[axis])
+        out.append(merged)
+    out.insert(new, np.full(out_shapes[0][new], PIN, np.int64))
+    return [tuple(out)], None
+
+
 def _rev(w: _Walk, eqn, labels, out_shapes):
     dims = set(eqn.params["dimensions"])
     return [tuple(a[::-1] if i in dims else a for i, a in enumerate(labels[0]))], None
@@ -557,6 +570,7 @@ _RULES = {
     "pad": _pad,
     "slice": _slice,
     "concatenate": _concatenate,
+    "stack": _stack,
     "rev": _rev,
     "conv_general_dilated": _conv,
     "dot_general": _dot,
