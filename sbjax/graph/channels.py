@@ -780,8 +780,12 @@ def channel_graph(apply_fn: Callable[[Any, Any], Any], tree: Any, x: Any) -> Cha
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     paths = [selection_lib.leaf_path(p) for p, _ in flat]
     shapes = [tuple(np.shape(leaf)) for _, leaf in flat]
-    key = _key(apply_fn, tree, x)
-    return _cached(key, lambda: _graph(apply_fn, tree, x, paths, shapes))
+    build = lambda: _graph(apply_fn, tree, x, paths, shapes)  # noqa: E731
+    try:
+        key = _key(apply_fn, tree, x)
+    except (TypeError, ValueError):  # a leaf without a shape or dtype: no cache
+        return build()
+    return _cached(key, build)
 
 
 def _graph(apply_fn, tree, x, paths, shapes) -> ChannelGraph:

@@ -222,8 +222,7 @@ class Groups:
         s = jnp.asarray(scores.scores, jnp.float32)
         candidate = graph.candidates(selection_lib.prunable_paths(params, selection))
         if mask is not None and len(graph):  # groups an earlier mask removed rank lowest and stay removed
-            gone = jnp.stack([_all_masked(graph, g, mask) for g in range(len(graph))])
-            s = jnp.where(gone, -jnp.inf, s)
+            s = jnp.where(_gone(graph, mask), -jnp.inf, s)
         target = _target(params, selection, fraction)
         if not len(graph) or not candidate.any():
             return jnp.zeros(len(graph), bool)
@@ -268,10 +267,14 @@ class Groups:
         return group_mask if mask is None else masks_lib.combine(group_mask, mask)
 
 
-def _all_masked(graph: channels_lib.ChannelGraph, g: int, mask: Mask) -> jax.Array:
+def _gone(graph: channels_lib.ChannelGraph, mask: Mask) -> jax.Array:
+    """A bool per group: True where ``mask`` zeroes every entry the group holds."""
     leaves = _leaves(mask)
-    held = [jnp.take(leaves[p], np.asarray(pos), axis=a) for p, a, pos in graph.groups[g].members if p in leaves]
-    return jnp.all(jnp.stack([jnp.all(h == 0) for h in held])) if held else jnp.asarray(False)
+    axes = [(p, a) for p, per_axis in graph.axes.items() if p in leaves for a, ids in enumerate(per_axis)
+            if ids is not None]  # fmt: skip
+    zero = group_sum(graph, axes, lambda p, a: _along(leaves[p] != 0, a, jnp.any) == 0)
+    held = group_sum(graph, axes, lambda p, a: jnp.ones(graph.shapes[p][a]))
+    return zero == held
 
 
 GROUPS = Groups()
