@@ -208,9 +208,11 @@ class _Walk:
             rule = _window
         if rule is None:
             sub = next((eqn.params[k] for k in walk.CALL_PARAMS if k in eqn.params), None)
-            if isinstance(sub, (core.Jaxpr, core.ClosedJaxpr)) and name != "scan" and name != "while":
+            if isinstance(sub, (core.Jaxpr, core.ClosedJaxpr)) and name not in ("scan", "while"):
                 inner = sub.jaxpr if isinstance(sub, core.ClosedJaxpr) else sub
-                if len(inner.invars) == len(ins) and len(inner.outvars) == len(eqn.outvars):
+                same = [_shape(a) for a in inner.invars] == [_shape(b) for b in eqn.invars] and \
+                    [_shape(a) for a in inner.outvars] == out_shapes  # fmt: skip
+                if same:  # a call (jit, custom_jvp/vjp, remat): walk its body; not shard_map-like bodies
                     return self.sub(sub, ins)
             rule = _default
         out_labels, fn = rule(self, eqn, labels, out_shapes)
@@ -360,10 +362,14 @@ def _reduce(w: _Walk, eqn, labels, out_shapes):
         for a in other:
             w.nodes.pin(a)
     out = tuple(a for i, a in enumerate(lab) if i not in axes)
-    return [out] * len(out_shapes), None
+    if len(out_shapes) != 1:
+        return _default(w, eqn, labels, out_shapes)
+    return [out], None
 
 
 def _window(w: _Walk, eqn, labels, out_shapes):
+    if len(out_shapes) != 1:
+        return _default(w, eqn, labels, out_shapes)
     p = eqn.params
     lab = labels[0]
     n = len(lab)
@@ -385,7 +391,7 @@ def _window(w: _Walk, eqn, labels, out_shapes):
     for other in labels[1:]:
         for a in other:
             w.nodes.pin(a)
-    return [tuple(out)] * len(out_shapes), None
+    return [tuple(out)], None
 
 
 def _moved(w: _Walk, src: np.ndarray, lab: np.ndarray) -> np.ndarray:
@@ -596,16 +602,14 @@ class Group:
     consumers: tuple[tuple[str, int], ...]
 
     def size(self, shapes: dict[str, tuple[int, ...]]) -> int:
-        """The entries of these leaves the group holds (counting each entry once)."""
+        """The entries of these leaves the group holds (each entry counted once)."""
         by_leaf: dict[str, dict[int, int]] = {}
         for path, axis, positions in self.members:
             by_leaf.setdefault(path, {})[axis] = len(positions)
         total = 0
         for path, axes in by_leaf.items():
             shape = shapes[path]
-            full = math.prod(shape)
-            rest = math.prod(n - axes.get(a, 0) for a, n in enumerate(shape))
-            total += full - rest
+            total += math.prod(shape) - math.prod(n - axes.get(a, 0) for a, n in enumerate(shape))
         return total
 
 
