@@ -61,6 +61,10 @@ def main() -> None:
         rest = {k: v for k, v in variables.items() if k != "params"}
         apply = jax.tree_util.Partial(lambda r, p, x, m=model: m.apply({"params": p, **r}, x, train=False), rest)
         for target in (float(c) for c in args.compressions.split(",")):
+            if target >= compression.max_compression(params, selection):
+                print(f"{name:<13} compression {target:g} is beyond the largest reachable "
+                      f"{compression.max_compression(params, selection):.3f} (the unprunable classifier): skipped")  # fmt: skip
+                continue
             start = time.time()
             fraction = compression.fraction_for(target, params, selection)
             mask = strategy(params, None, fraction, key=jax.random.key(1), selection=selection, apply=apply,
