@@ -6,7 +6,8 @@ import pytest
 
 from sbjax import cli
 
-KEYS = {"params_total", "params_nonzero", "compression", "macs", "macs_nonzero", "flops", "speedup", "memory", "layers"}
+KEYS = {"params_total", "params_nonzero", "compression", "macs", "macs_nonzero", "flops", "speedup", "memory", "layers",
+        "params_effective", "macs_effective", "compression_effective", "speedup_effective", "layers_collapsed"}
 
 
 def _json(capsys, *argv):
@@ -24,7 +25,10 @@ def test_json_reference_values(capsys):
     assert d["layers"][0] == {
         "name": "conv1/kernel", "kind": "conv", "shape": [3, 3, 3, 16], "params": 432, "nonzero": 432,
         "macs": 32 * 32 * 16 * 27, "macs_nonzero": 32 * 32 * 16 * 27, "density": 1.0, "calls": 1, "prunable": True,
+        "effective": 432, "macs_effective": 32 * 32 * 16 * 27, "collapsed": False,
     }
+    assert (d["params_effective"], d["macs_effective"], d["compression_effective"]) == (269_722, 40_551_040, 1.0)
+    assert d["speedup_effective"] == 1.0 and d["layers_collapsed"] == 0
 
 
 def test_input_shape_and_num_classes(capsys):

@@ -401,8 +401,10 @@ def test_to_dict_and_table():
     assert d["compression"] is None and d["speedup"] is None  # infinities are not JSON
     assert d["layers"][0] == {
         "name": "fc1/kernel", "kind": "dense", "shape": [4, 5], "params": 20, "nonzero": 0, "macs": 20,
-        "macs_nonzero": 0, "density": 0.0, "calls": 1, "prunable": True,
+        "macs_nonzero": 0, "density": 0.0, "calls": 1, "prunable": True, "effective": 0, "macs_effective": 0,
+        "collapsed": True,
     }
+    assert d["params_effective"] == 0 and d["compression_effective"] is None and d["layers_collapsed"] == 2
     table = metrics.format_table(_compute(model, variables, None, (4,)))
     assert "fc1/kernel" in table and "MACs" in table and "30" in table
 

@@ -42,6 +42,7 @@ from sbjax import selection as selection_lib
 from sbjax.metrics.report import LayerStats, Metrics, format_table
 from sbjax.graph.walk import Info, Tally, walk_closed
 from sbjax.metrics import report as _report
+from sbjax.graph import effective as _effective
 from sbjax.graph import zeros as _zeros
 
 Params = Any
@@ -69,6 +70,12 @@ def trace(
 
     Returns the closed jaxpr and the walker's tally (totals over the traced batch).
     """
+    closed, tally, _ = _trace(apply_fn, params, mask, input_shape, batch_size=batch_size, dtype=dtype)
+    return closed, tally
+
+
+def _trace(apply_fn, params, mask, input_shape, *, batch_size, dtype) -> tuple[Any, Tally, list[Info]]:
+    """``trace``, and the walker's ``Info`` of each input of the jaxpr (params, masks, input)."""
     leaves = jax.tree.leaves(params)
     mask_leaves = jax.tree.leaves(mask)
 
@@ -85,8 +92,9 @@ def trace(
     mask_infos = [
         Info(zero=_zeros.fit(np.asarray(m) == 0, np.shape(m))) for m in mask_leaves
     ]
-    _, tally = walk_closed(closed, param_infos + mask_infos + [Info(act=True)])
-    return closed, tally
+    args = param_infos + mask_infos + [Info(act=True)]
+    _, tally = walk_closed(closed, args)
+    return closed, tally, args
 
 
 def compute(
@@ -125,12 +133,18 @@ def compute(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     mask = masks_lib.ones_like(params) if mask is None else mask
     masks_lib.check_mask(params, mask)
-    _, tally = trace(apply_fn, params, mask, input_shape, batch_size=batch_size, dtype=dtype)
+    closed, tally, args = _trace(apply_fn, params, mask, input_shape, batch_size=batch_size, dtype=dtype)
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     names = [selection_lib.leaf_path(path) for path, _ in flat]
     sizes = [int(math.prod(np.shape(leaf))) for _, leaf in flat]
-    kept = [int(np.count_nonzero(np.asarray(m))) for m in jax.tree.leaves(mask)]
-    metrics = _report.build(tally, names, sizes, kept, batch_size, batch_size * int(math.prod(input_shape)))
+    mask_leaves = [np.asarray(m) for m in jax.tree.leaves(mask)]
+    kept = [int(np.count_nonzero(m)) for m in mask_leaves]
+    live = _effective.liveness(closed, args)
+    effective = [
+        int(np.count_nonzero(_zeros.full(live.relevant[k], np.shape(m)) & (m != 0))) for k, m in enumerate(mask_leaves)
+    ]
+    metrics = _report.build(tally, names, sizes, kept, batch_size, batch_size * int(math.prod(input_shape)),
+                            effective=effective)  # fmt: skip
     if metrics.untraced and on_untraced != "ignore":
         message = (
             f"{len(metrics.untraced)} convolution/dense kernel(s) could not be traced back to a params "

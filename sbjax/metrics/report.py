@@ -37,6 +37,13 @@ class LayerStats:
         calls: how many times the kernel is applied in one forward pass.
         prunable: whether the kernel is a params leaf (activation products and untraced kernels
             are not).
+        effective: kernel entries that are kept and lie on a path from the input to the output
+            (``sbjax.graph.effective``; 0 for activation products and untraced kernels).
+        macs_effective: ``macs * effective / params`` (``macs`` for activation products and
+            untraced kernels: counted as live).
+        collapsed: a weight layer none of whose entries is effective: the output no longer
+            depends on the input through it (its output is constant, or nothing it computes
+            reaches the output).
     """
 
     name: str
@@ -49,6 +56,9 @@ class LayerStats:
     density: float
     calls: int
     prunable: bool
+    effective: int
+    macs_effective: int | float
+    collapsed: bool
 
     def to_dict(self) -> dict[str, Any]:
         row = dataclasses.asdict(self)
@@ -67,6 +77,13 @@ class Metrics:
             layer by its kernel mask's density.
         flops: ``2 * macs`` (one multiply and one add per MAC), under its own name.
         speedup: ``macs / macs_nonzero`` (theoretical).
+        params_effective: the params entries, prunable or not, that are kept and lie on a path
+            from the input to the output: they can change the output for some input other than
+            by a constant (constants fold into the next layer's bias; see ``docs/metrics.md``).
+        macs_effective: each layer's MACs times its kernel's effective fraction, summed.
+        compression_effective: ``params_total / params_effective`` (inf when nothing is effective).
+        speedup_effective: ``macs / macs_effective``.
+        layers_collapsed: weight layers none of whose entries is effective (``LayerStats.collapsed``).
         memory: activation memory in **elements** (multiply by the dtype's size for bytes): the
             input plus the input activation of every convolution and dense layer call.
         memory_zero: the part of ``memory`` that is provably zero for every input because all
@@ -87,6 +104,11 @@ class Metrics:
     macs_nonzero: int | float
     flops: int | float
     speedup: float
+    params_effective: int
+    macs_effective: int | float
+    compression_effective: float
+    speedup_effective: float
+    layers_collapsed: int
     memory: int | float
     memory_zero: int | float
     memory_nonzero: int | float
@@ -103,13 +125,22 @@ class Metrics:
         out["layers"] = [layer.to_dict() for layer in self.layers]
         out["untraced"] = list(self.untraced)
         out["notes"] = list(self.notes)
-        for key in ("compression", "speedup"):
+        for key in ("compression", "speedup", "compression_effective", "speedup_effective"):
             if out[key] == float("inf"):
                 out[key] = None  # JSON has no infinity
         return out
 
 
-def _rows(calls: list[Call], names: list[str], sizes: list[int], kept: list[int], batch: int) -> list[LayerStats]:
+def _ratio(a: Fraction | int, b: Fraction | int) -> float:
+    """``a / b`` as a float: ``inf`` for ``b == 0`` (1 when both are 0)."""
+    if b:
+        return float(Fraction(a) / Fraction(b))
+    return 1.0 if not a else float("inf")
+
+
+def _rows(
+    calls: list[Call], names: list[str], sizes: list[int], kept: list[int], effective: list[int], batch: int
+) -> list[LayerStats]:
     merged: dict[Any, dict[str, Any]] = {}
     counters = {"activation": 0, "untraced": 0}
     for call in calls:
@@ -128,28 +159,33 @@ def _rows(calls: list[Call], names: list[str], sizes: list[int], kept: list[int]
         call = row["call"]
         macs = Fraction(row["macs"], batch)
         if role == "weight":
-            size, nonzero = sizes[call.kernel], kept[call.kernel]
+            size, nonzero, live = sizes[call.kernel], kept[call.kernel], effective[call.kernel]
             density = Fraction(nonzero, size) if size else Fraction(1)
+            live_density = Fraction(live, size) if size else Fraction(1)
         else:
-            size = nonzero = 0
-            density = Fraction(1)
+            size = nonzero = live = 0
+            density = live_density = Fraction(1)
         rows.append(
             LayerStats(
                 name=row["name"], kind=call.kind, shape=tuple(call.kernel_shape), params=size,
                 nonzero=nonzero, macs=_number(macs), macs_nonzero=_number(macs * density),
-                density=float(density), calls=row["calls"], prunable=role == "weight",
+                density=float(density), calls=row["calls"], prunable=role == "weight", effective=live,
+                macs_effective=_number(macs * live_density), collapsed=role == "weight" and size > 0 and live == 0,
             )
         )
     return rows
 
 
 def build(
-    tally: Tally, names: list[str], sizes: list[int], kept: list[int], batch: int, input_elements: int
+    tally: Tally, names: list[str], sizes: list[int], kept: list[int], batch: int, input_elements: int,
+    effective: list[int] | None = None,
 ) -> Metrics:
-    """Turns a walked forward pass into per-example metrics."""
-    rows = _rows(tally.calls, names, sizes, kept, batch)
+    """Turns a walked forward pass into per-example metrics (``effective``: per leaf, default ``kept``)."""
+    effective = list(kept) if effective is None else effective
+    rows = _rows(tally.calls, names, sizes, kept, effective, batch)
     macs = Fraction(sum(c.macs for c in tally.calls), batch)
     macs_nonzero = sum((Fraction(r.macs_nonzero) for r in rows), Fraction(0))
+    macs_effective = sum((Fraction(r.macs_effective) for r in rows), Fraction(0))
     layer_inputs = [c for c in tally.calls if c.role != "activation"]
     memory = Fraction(input_elements + sum(c.input_elements for c in layer_inputs), batch)
     memory_zero = Fraction(sum(c.input_zero for c in layer_inputs), batch)
@@ -163,6 +199,11 @@ def build(
         macs_nonzero=_number(macs_nonzero),
         flops=_number(2 * macs),
         speedup=float(macs / macs_nonzero) if macs_nonzero else (1.0 if not macs else float("inf")),
+        params_effective=sum(effective),
+        macs_effective=_number(macs_effective),
+        compression_effective=_ratio(total, sum(effective)),
+        speedup_effective=_ratio(macs, macs_effective),
+        layers_collapsed=sum(r.collapsed for r in rows),
         memory=_number(memory),
         memory_zero=_number(memory_zero),
         memory_nonzero=_number(memory - memory_zero),
@@ -177,11 +218,13 @@ def build(
 
 def format_table(metrics: Metrics) -> str:
     """A readable report: the per-layer table, then the totals."""
-    header = ("layer", "kind", "shape", "params", "nonzero", "density", "MACs", "MACs nonzero")
+    header = ("layer", "kind", "shape", "params", "nonzero", "density", "effective", "MACs", "MACs nonzero",
+              "MACs effective")  # fmt: skip
     body = [
         (
-            r.name, r.kind, "x".join(map(str, r.shape)) or "-", f"{r.params:,}", f"{r.nonzero:,}",
-            f"{r.density:.4f}", f"{r.macs:,.0f}", f"{r.macs_nonzero:,.0f}",
+            r.name + (" (collapsed)" if r.collapsed else ""), r.kind, "x".join(map(str, r.shape)) or "-",
+            f"{r.params:,}", f"{r.nonzero:,}", f"{r.density:.4f}", f"{r.effective:,}", f"{r.macs:,.0f}",
+            f"{r.macs_nonzero:,.0f}", f"{r.macs_effective:,.0f}",
         )
         for r in metrics.layers
     ]
@@ -200,6 +243,11 @@ def format_table(metrics: Metrics) -> str:
         ("MACs nonzero", f"{m.macs_nonzero:,.0f}"),
         ("FLOPs (2 x MACs)", f"{m.flops:,.0f}"),
         ("speedup", f"{m.speedup:.4g}"),
+        ("params effective", f"{m.params_effective:,}"),
+        ("compression effective", f"{m.compression_effective:.4g}"),
+        ("MACs effective", f"{m.macs_effective:,.0f}"),
+        ("speedup effective", f"{m.speedup_effective:.4g}"),
+        ("layers collapsed", f"{m.layers_collapsed}"),
         ("memory (elements)", f"{m.memory:,.0f}"),
         ("memory provably zero", f"{m.memory_zero:,.0f}"),
         ("other ops", f"{m.other_ops_total:,.0f}"),
