@@ -181,6 +181,10 @@ def efficiency(setup: Setup, mask: Mask, *, slim: bool = False, latency: int | N
     m = metrics_lib.compute_module(setup.model, setup.variables, mask, setup.input_shape, train=False)
     out = dict(params_total=m.params_total, params_nonzero=m.params_nonzero, real_compression=m.compression,
                macs=m.macs, macs_nonzero=m.macs_nonzero, flops=m.flops, speedup=m.speedup, memory=m.memory)  # fmt: skip
+    finite = lambda x: x if x != float("inf") else None  # noqa: E731 - nothing effective: no finite ratio
+    out |= dict(params_effective=m.params_effective, macs_effective=m.macs_effective,
+                compression_effective=finite(m.compression_effective), speedup_effective=finite(m.speedup_effective),
+                layers_collapsed=m.layers_collapsed)  # fmt: skip
     if slim or latency:
         from sbjax import latency as latency_lib
 

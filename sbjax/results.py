@@ -57,7 +57,8 @@ __all__ = [
 COLUMNS = (
     "experiment_id", "dataset", "model", "checkpoint", "strategy", "schedule", "round", "compression", "seed", "preset",
     "params_total", "params_nonzero", "real_compression", "macs", "macs_nonzero", "flops",
-    "speedup", "memory", "slim_params_total", "slim_macs", "latency_device", "latency_batch", "latency_dense_ms",
+    "speedup", "memory", "params_effective", "macs_effective", "compression_effective", "speedup_effective",
+    "layers_collapsed", "slim_params_total", "slim_macs", "latency_device", "latency_batch", "latency_dense_ms",
     "latency_slim_ms", "throughput_dense", "throughput_slim", "measured_speedup", "measured_speedup_batch1", "pre_top1", "pre_top5", "pre_loss", "top1", "top5", "loss",
     "val_top1", "epochs", "wall_time", *SETTING_COLUMNS,
 )  # fmt: skip
@@ -65,7 +66,8 @@ COLUMNS = (
 GROUP = ("dataset", "model", "strategy", "schedule", "compression")
 SETTINGS = ("checkpoint", "preset", *SETTING_COLUMNS)  # what a rerun may change; measurements are not settings
 ROUNDS = "rounds"  # a row's earlier rounds (iterative pruning), each a row of its own in tables
-METRICS = ("top1", "top5", "loss", "pre_top1", "pre_top5", "speedup", "real_compression", "macs_nonzero", "flops")
+METRICS = ("top1", "top5", "loss", "pre_top1", "pre_top5", "speedup", "real_compression", "macs_nonzero", "flops",
+           "compression_effective", "speedup_effective", "layers_collapsed")  # fmt: skip
 
 
 class ResultsError(ValueError):
