@@ -318,6 +318,8 @@ def _add_plot(subparsers) -> None:
     p = subparsers.add_parser("plot", help="plot a results folder: accuracy vs compression and vs speedup")
     p.add_argument("folder", nargs="?", help="a results folder written by `sbjax run` (or --results DIR)")
     p.add_argument("--results", dest="results_flag", metavar="DIR", help="the results folder, as in `sbjax run`")
+    p.add_argument("--effective", action="store_true",
+                   help="also plot against effective compression and speedup, and effective vs nominal compression")
     p.set_defaults(func=_cmd_plot)
 
 
@@ -328,7 +330,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     frame = results.aggregate(results.Store.open(folder).rows())
     if frame.empty:
         raise UserError(f"no finished experiments in {folder!r}")
-    for path in plots.plot_sweep(frame, f"{folder}/plots"):
+    for path in plots.plot_sweep(frame, f"{folder}/plots", effective=args.effective):
         print(path)
     return 0
 

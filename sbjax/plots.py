@@ -28,7 +28,16 @@ from sbjax.results import replace_atomic, summarize, varying_settings
 __all__ = ["REFERENCE", "plot_sweep", "report_card"]
 
 REFERENCE = "none"
-X_AXES = {"compression": "real_compression_mean", "speedup": "speedup_mean"}
+X_AXES = {"compression": "real_compression_mean", "speedup": "speedup_mean",
+          "compression_effective": "compression_effective_mean", "speedup_effective": "speedup_effective_mean"}
+EFFECTIVE_AXES = ("compression_effective", "speedup_effective")  # plotted with ``effective=True``
+X_LABELS = {
+    "compression": "compression (all params / kept)",
+    "speedup": "theoretical speedup (MACs / kept MACs)",
+    "compression_effective": "effective compression (all params / effective)",
+    "speedup_effective": "effective speedup (MACs / effective MACs)",
+}
+EFFECTIVE_GAP = 0.1  # the report card flags effective compression this far from the nominal one
 BASELINES = ("random", "global_magnitude", "layer_magnitude")
 CONTROLS = ("random_proportions", "magnitude_proportions")  # the checklist's same-proportions controls
 CHANNEL_CONTROLS = ("channel_random", "layer_channel_random")  # whole channels at random: the structured control
@@ -96,12 +105,34 @@ def _panel(ax, curves: pd.DataFrame, x: str, y: str, delta: float | None, colors
     ax.grid(True, which="both", alpha=0.3)
 
 
-def plot_sweep(frame: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str = "top1") -> list[Path]:
+def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+    written = []
+    for ext in ("png", "svg"):
+        path = out_dir / f"{stem}.{ext}"
+        replace_atomic(path, lambda tmp: fig.savefig(tmp, format=ext, dpi=120))  # noqa: B023
+        written.append(path)
+    return written
+
+
+def _legend(fig: Figure, axes, strategies: Sequence[str]) -> None:
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
+    fig.legend([handles[n] for n in strategies if n in handles], [n for n in strategies if n in handles],
+               loc="center right", fontsize=8)  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
+
+
+def plot_sweep(
+    frame: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str = "top1", effective: bool = False
+) -> list[Path]:
     """Writes accuracy-vs-compression and accuracy-vs-speedup plots (and the change variant).
 
     Returns the written files: ``{metric}_vs_{compression,speedup}[_change].{png,svg}``, each
     written to a temporary name and renamed into place (a reader never sees half a plot). Rows
     of other settings in one folder (``sbjax.results.varying_settings``) are lines of their own.
+    With ``effective``, also against effective compression and speedup
+    (``{metric}_vs_{compression,speedup}_effective[_change]``) and effective against nominal
+    compression (``compression_effective_vs_compression``); points whose effective compression
+    is unbounded (nothing effective) or unrecorded (rows written before it was) are left out.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +142,11 @@ def plot_sweep(frame: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str =
     strategies = _lines(summary, settings)
     colors = {name: palette[i % len(palette)] for i, name in enumerate(strategies)}  # same in every panel
     written = []
-    for axis, x in X_AXES.items():
+    axes_names = [a for a in X_AXES if effective or a not in EFFECTIVE_AXES]
+    for axis in axes_names:
+        x = X_AXES[axis]
+        if axis in EFFECTIVE_AXES and x not in summary:  # results written before effective sparsity
+            continue
         for change in (False, True):
             fig = Figure(figsize=(5.5 * len(panels), 4.2))
             axes = fig.subplots(1, len(panels), squeeze=False)
@@ -121,18 +156,31 @@ def plot_sweep(frame: pd.DataFrame, out_dir: str | os.PathLike, *, metric: str =
                 delta = float(ref.mean()) if change and len(ref) else None
                 _panel(ax, _curves(rows, settings), x, metric, delta, colors)
                 ax.set_title(f"{model} on {dataset}")
-                ax.set_xlabel("compression (all params / kept)" if axis == "compression" else "theoretical speedup (MACs / kept MACs)")
+                ax.set_xlabel(X_LABELS[axis])
                 ax.set_ylabel(f"{metric} accuracy change" if change else f"{metric} accuracy")
-            handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
-            fig.legend([handles[n] for n in strategies if n in handles], [n for n in strategies if n in handles],
-                       loc="center right", fontsize=8)  # fmt: skip
-            fig.tight_layout(rect=(0, 0, 0.84, 1))
-            stem = f"{metric}_vs_{axis}" + ("_change" if change else "")
-            for ext in ("png", "svg"):
-                path = out_dir / f"{stem}.{ext}"
-                replace_atomic(path, lambda tmp: fig.savefig(tmp, format=ext, dpi=120))  # noqa: B023
-                written.append(path)
+            _legend(fig, axes, strategies)
+            written += _save(fig, out_dir, f"{metric}_vs_{axis}" + ("_change" if change else ""))
+    if effective and "compression_effective_mean" in summary:
+        written += _effective_vs_nominal(summary, settings, panels, strategies, colors, out_dir)
     return written
+
+
+def _effective_vs_nominal(summary, settings, panels, strategies, colors, out_dir: Path) -> list[Path]:
+    """Effective against nominal compression, log-log, with the diagonal (no disconnected weights)."""
+    fig = Figure(figsize=(5.5 * len(panels), 4.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    for ax, (model, dataset) in zip(axes[0], panels):
+        rows = summary[(summary["model"] == model) & (summary["dataset"] == dataset)]
+        _panel(ax, _curves(rows, settings), "real_compression_mean", "compression_effective", None, colors)
+        low, high = rows["real_compression_mean"].min(), rows["real_compression_mean"].max()
+        if pd.notna(low) and pd.notna(high):
+            ax.plot([low, high], [low, high], color="gray", lw=0.8, ls="--", label="_nominal")
+        ax.set_yscale("log", base=2)
+        ax.set_title(f"{model} on {dataset}")
+        ax.set_xlabel(X_LABELS["compression"])
+        ax.set_ylabel(X_LABELS["compression_effective"])
+    _legend(fig, axes, strategies)
+    return _save(fig, out_dir, "compression_effective_vs_compression")
 
 
 def report_card(frame: pd.DataFrame, *, collapse: float = 0.5) -> list[str]:
@@ -175,6 +223,7 @@ def report_card(frame: pd.DataFrame, *, collapse: float = 0.5) -> list[str]:
                                 "one, or run the other settings into a folder of their own (--results)")  # fmt: skip
         if rows["flops"].isna().any():
             problems.append(f"{where}: FLOPs missing for some results")
+        problems += _effective_problems(where, rows)
         if rows["compression"].nunique() < 3:
             problems.append(f"{where}: fewer than 3 compression ratios")
         reference = rows.loc[rows["strategy"] == REFERENCE, "top1"].mean()
@@ -184,6 +233,42 @@ def report_card(frame: pd.DataFrame, *, collapse: float = 0.5) -> list[str]:
                 f"{reference:.3f}); extend the range"
             )
     return problems
+
+
+def _effective_problems(where: str, rows: pd.DataFrame) -> list[str]:
+    """One line per strategy line whose effective compression is off the nominal one by more than
+    ``EFFECTIVE_GAP`` at some compression, and one per line with a layer collapse (rows without the
+    effective columns, written before them, are unknown and skipped)."""
+    if "params_effective" not in rows:
+        return []
+    rows = rows[(rows["strategy"] != REFERENCE) & rows["params_effective"].notna()]
+    if "schedule" not in rows:
+        rows = rows.assign(schedule="oneshot")
+    gaps: dict[str, list[str]] = {}
+    collapses: dict[str, list[str]] = {}
+    for (strategy, schedule, compression), point in rows.groupby(["strategy", "schedule", "compression"], sort=True):
+        line = _line(strategy, schedule)
+        effective = point["compression_effective"].astype(float).where(point["params_effective"] > 0, float("inf"))
+        ratio = float((effective / point["real_compression"].astype(float)).mean())
+        if abs(ratio - 1) > EFFECTIVE_GAP:
+            gaps.setdefault(line, []).append(f"{_show(compression)} (x{ratio:.3g})" if ratio != float("inf")
+                                             else f"{_show(compression)} (nothing effective)")  # fmt: skip
+        collapsed = point["layers_collapsed"].fillna(0)
+        if (collapsed > 0).any():
+            collapses.setdefault(line, []).append(
+                f"{_show(compression)} ({_count(int(collapsed.max()), 'layer')} in {int((collapsed > 0).sum())} of "
+                f"{_count(len(point), 'seed')})"
+            )
+    out = [f"{where}: effective compression differs from the nominal by more than {EFFECTIVE_GAP:.0%} for {line} at "
+           f"{', '.join(points)}: weights cut off by other pruned weights; compare at effective compression too "
+           "(sbjax plot --effective)" for line, points in gaps.items()]  # fmt: skip
+    out += [f"{where}: layer collapse for {line} at {', '.join(points)}: the output no longer depends on the input "
+            "through some weight layers" for line, points in collapses.items()]  # fmt: skip
+    return out
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _seed_problems(where: str, rows: pd.DataFrame, settings: Sequence[str]) -> list[str]:

@@ -227,3 +227,53 @@ def test_random_pruning_lenet_effective_above_nominal_and_growing():
         assert 0 < row["params_effective"] < row["params_nonzero"] and row["layers_collapsed"] == 0
         ratios.append(row["compression_effective"] / row["real_compression"])
     assert 1 < ratios[0] < ratios[1] < ratios[2] < ratios[3] < ratios[4]
+
+
+# ----------------------------------------------------------------------------- results, report card, plots
+
+
+def _effective_rows():
+    from test_results import sweep_rows
+
+    rows = []
+    for r in sweep_rows():
+        c, random = r["compression"], r["strategy"] == "random"
+        effective = 2.0 * c if random and c >= 4 else float(c)  # random disconnects weights from 4 on
+        collapsed = int(random and c == 8 and r["seed"] == 1)
+        rows.append(r | dict(params_effective=int(1000 / effective), compression_effective=effective,
+                             speedup_effective=effective, macs_effective=1.0, layers_collapsed=collapsed))  # fmt: skip
+    return rows
+
+
+def test_report_card_flags_effective_gap_and_collapse():
+    import pandas as pd
+
+    from sbjax import plots, results
+    from test_results import sweep_rows
+
+    old = [p for p in plots.report_card(results.aggregate(sweep_rows())) if "effective" in p or "collapse for" in p]
+    assert old == []  # rows written before effective sparsity: unknown, nothing flagged
+    rows = _effective_rows()
+    problems = plots.report_card(results.aggregate(rows))
+    assert ("m on d: effective compression differs from the nominal by more than 10% for random at 4 (x2), 8 (x2): "
+            "weights cut off by other pruned weights; compare at effective compression too (sbjax plot --effective)"
+            ) in problems  # fmt: skip
+    assert ("m on d: layer collapse for random at 8 (1 layer in 1 of 2 seeds): the output no longer depends on the "
+            "input through some weight layers") in problems  # fmt: skip
+    assert not any("global_magnitude" in p and ("effective" in p or "collapse for" in p) for p in problems)
+    mixed = results.aggregate(rows + sweep_rows()[:1])  # old and new rows side by side: never a crash
+    assert isinstance(plots.report_card(mixed), list) and isinstance(mixed, pd.DataFrame)
+
+
+def test_plots_against_effective_compression(tmp_path):
+    from sbjax import plots, results
+    from test_results import sweep_rows
+
+    rows = _effective_rows()
+    rows[-1] = rows[-1] | dict(params_effective=0, compression_effective=None)  # nothing effective: left out
+    written = {p.name for p in plots.plot_sweep(results.aggregate(rows), tmp_path, effective=True)}
+    assert {"top1_vs_compression_effective.png", "top1_vs_speedup_effective_change.svg",
+            "compression_effective_vs_compression.png", "top1_vs_compression.png"} <= written  # fmt: skip
+    assert len(written) == 2 * (4 * 2 + 1)
+    assert len(plots.plot_sweep(results.aggregate(rows), tmp_path / "plain")) == 8
+    assert len(plots.plot_sweep(results.aggregate(sweep_rows()), tmp_path / "old", effective=True)) == 8
