@@ -18,6 +18,10 @@ Conventions (details in ``docs/metrics.md``):
   to a params leaf. A kernel it cannot follow (computed from several leaves, for example) is
   listed in ``untraced``; ``on_untraced`` decides whether that warns, raises or passes.
 * Only input-dependent work is counted; per example = traced total / ``batch_size``.
+* Effective sparsity (``params_effective``, ``macs_effective``, ``compression_effective``,
+  ``speedup_effective``, ``layers_collapsed``): the kept entries on a path from the input to the
+  output, found on the same jaxpr by :mod:`sbjax.graph.effective` (constants fold into the next
+  layer, so a constant channel's outgoing weights count as removable).
 
 Where this differs from XLA's ``compiled.cost_analysis()["flops"]``: XLA ignores masks (it
 counts every weight), skips convolution taps that fall entirely in padding (so SAME-padded
