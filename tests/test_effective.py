@@ -8,7 +8,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
 from sbjax import metrics
@@ -84,7 +83,8 @@ def test_whole_layer_pruned_collapses():
 
 class NnxMLP(nnx.Module):
     def __init__(self, rngs):
-        self.fc1, self.fc2, self.fc3 = nnx.Linear(3, 5, rngs=rngs), nnx.Linear(5, 4, rngs=rngs), nnx.Linear(4, 2, rngs=rngs)
+        self.fc1, self.fc2 = nnx.Linear(3, 5, rngs=rngs), nnx.Linear(5, 4, rngs=rngs)
+        self.fc3 = nnx.Linear(4, 2, rngs=rngs)
 
     def __call__(self, x):
         return self.fc3(nnx.relu(self.fc2(nnx.relu(self.fc1(x)))))
