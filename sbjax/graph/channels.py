@@ -47,11 +47,11 @@ from jax.extend import core
 from sbjax import selection as selection_lib
 from sbjax.graph import walk
 
-__all__ = ["ChannelGraph", "ChannelGraphError", "Group", "channel_graph", "evaluate", "trace"]
+__all__ = ["NARY", "UNARY", "ChannelGraph", "ChannelGraphError", "Group", "channel_graph", "evaluate", "trace"]
 
 PIN = -1  # the label of a position that can never be removed
 
-_UNARY = frozenset(
+UNARY = frozenset(
     {
         "neg", "sign", "floor", "ceil", "round", "is_finite", "exp", "exp2", "log", "log1p", "expm1", "tanh",
         "logistic", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh",
@@ -60,7 +60,7 @@ _UNARY = frozenset(
         "stop_gradient", "optimization_barrier", "device_put", "sharding_constraint",
     }
 )
-_NARY = frozenset(
+NARY = frozenset(
     {
         "add", "add_any", "sub", "mul", "div", "rem", "pow", "max", "min", "atan2", "nextafter", "and", "or",
         "xor", "eq", "ne", "lt", "le", "gt", "ge", "select_n", "clamp",
@@ -198,9 +198,9 @@ class _Walk:
         labels = [i[0] for i in ins]
         out_shapes = [_shape(v) for v in eqn.outvars]
         rule = _RULES.get(name)
-        if rule is None and name in _UNARY:
+        if rule is None and name in UNARY:
             rule = _unary
-        elif rule is None and name in _NARY:
+        elif rule is None and name in NARY:
             rule = _nary
         elif rule is None and name in _REDUCE:
             rule = _reduce

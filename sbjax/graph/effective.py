@@ -35,7 +35,7 @@ import numpy as np
 from jax.extend import core
 
 from sbjax.graph import walk, zeros
-from sbjax.graph.channels import _NARY, _UNARY
+from sbjax.graph.channels import NARY, UNARY
 
 __all__ = ["Liveness", "liveness"]
 
@@ -131,8 +131,8 @@ class _Graph:
 
         def read(v) -> int:
             if isinstance(v, core.Literal):
-                shape = walk._shape(v)
-                return self.new(shape, walk._value_info(v.val, shape))
+                shape = walk.shape_of(v)
+                return self.new(shape, walk.value_info(v.val, shape))
             return env[v]
 
         for eqn in jaxpr.eqns:
@@ -146,21 +146,21 @@ class _Graph:
         name = eqn.primitive.name
         sub = next((eqn.params[k] for k in walk.CALL_PARAMS if k in eqn.params), None)
         if name not in _INLINE_SKIP and isinstance(sub, (core.Jaxpr, core.ClosedJaxpr)):
-            jaxpr, const_infos = walk._closed(sub)
+            jaxpr, const_infos = walk.opened(sub)
             if len(jaxpr.invars) == len(ins) and len(jaxpr.outvars) == len(eqn.outvars):
-                consts = [self.new(walk._shape(v), info) for v, info in zip(jaxpr.constvars, const_infos)]
+                consts = [self.new(walk.shape_of(v), info) for v, info in zip(jaxpr.constvars, const_infos)]
                 return self.run(jaxpr, consts, ins)
         infos = [self.info[i] for i in ins]
         act = any(i.act for i in infos)
         if name in ("conv_general_dilated", "dot_general"):
-            outs = [walk._product(eqn, infos, self.scratch)]
+            outs = [walk.product(eqn, infos, self.scratch)]
         elif any(True for _ in core.jaxprs_in_params(eqn.params)):
             self.note(f"{name}: every operand counted as relevant (no exact rule for nested jaxprs)")
             outs = [walk.Info(act=act) for _ in eqn.outvars]
         else:
-            outs = walk._simple(eqn, infos, self.scratch)
+            outs = walk.simple(eqn, infos, self.scratch)
         consts = _forward(self, eqn, ins) if act else [None] * len(outs)
-        ids = [self.new(walk._shape(v), info, c) for v, info, c in zip(eqn.outvars, outs, consts)]
+        ids = [self.new(walk.shape_of(v), info, c) for v, info, c in zip(eqn.outvars, outs, consts)]
         self.eqns.append((eqn, ins, ids))
         return ids
 
@@ -173,12 +173,12 @@ def _forward(g: _Graph, eqn, ins: list[int]) -> list:
     name, p = eqn.primitive.name, eqn.params
     if len(eqn.outvars) != 1:
         return [None] * len(eqn.outvars)
-    out_shape = walk._shape(eqn.outvars[0])
+    out_shape = walk.shape_of(eqn.outvars[0])
     cs = [g.const_of(i) for i in ins]
     shapes = [g.shapes[i] for i in ins]
     acts = [g.info[i].act for i in ins]
     try:
-        if name in _UNARY or name in _NARY or name == "integer_pow":
+        if name in UNARY or name in NARY or name == "integer_pow":
             return [zeros.all_of(cs, out_shape)]
         if name == "conv_general_dilated":
             if acts[1] or not acts[0]:
@@ -196,7 +196,7 @@ def _forward(g: _Graph, eqn, ins: list[int]) -> list:
             if name == "dynamic_slice" and any(acts[1:]):
                 return [None]
             fake = [walk.Info(zero=c) for c in cs]
-            return [walk._zero(eqn, fake, shapes, out_shape)]
+            return [walk.zero_pattern(eqn, fake, shapes, out_shape)]
     except (ValueError, IndexError, KeyError, TypeError):
         return [None]
     return [None]
@@ -243,7 +243,7 @@ def _reshape(g: _Graph, eqn, ins, rs):
     shape = g.shapes[ins[0]]
     if r.size == 1:
         return [r.reshape((1,) * len(shape))] + [None] * (len(ins) - 1)
-    out_shape = walk._shape(eqn.outvars[0])
+    out_shape = walk.shape_of(eqn.outvars[0])
     return [zeros.full(r, out_shape).reshape(shape)] + [None] * (len(ins) - 1)
 
 
@@ -300,7 +300,7 @@ def _slice(g: _Graph, eqn, ins, rs):
     p = eqn.params
     shape = g.shapes[ins[0]]
     strides = p["strides"] or (1,) * len(shape)
-    out_shape = walk._shape(eqn.outvars[0])
+    out_shape = walk.shape_of(eqn.outvars[0])
     cut = [a for a in range(len(shape)) if out_shape[a] != shape[a]]
     target = [shape[a] if a in cut else r.shape[a] for a in range(len(shape))]
     out = np.zeros(target, bool)
@@ -409,7 +409,7 @@ def _rule(name: str):
     rule = _RULES.get(name)
     if rule is not None:
         return rule
-    if name in _UNARY or name in _NARY or name == "integer_pow":
+    if name in UNARY or name in NARY or name == "integer_pow":
         return _elementwise
     if name in _REDUCE:
         return _reduce
@@ -469,9 +469,9 @@ def liveness(closed: core.ClosedJaxpr, args: Sequence[walk.Info]) -> Liveness:
         docstring). For a params leaf, its effective entries are these and the mask's kept ones.
     """
     g = _Graph()
-    jaxpr, const_infos = walk._closed(closed)
-    consts = [g.new(walk._shape(v), info) for v, info in zip(jaxpr.constvars, const_infos)]
-    arg_ids = [g.new(walk._shape(v), info) for v, info in zip(jaxpr.invars, args)]
+    jaxpr, const_infos = walk.opened(closed)
+    consts = [g.new(walk.shape_of(v), info) for v, info in zip(jaxpr.constvars, const_infos)]
+    arg_ids = [g.new(walk.shape_of(v), info) for v, info in zip(jaxpr.invars, args)]
     outputs = g.run(jaxpr, consts, arg_ids)
     rel = _backward(g, outputs)
     return Liveness(tuple(rel.get(i) for i in arg_ids), tuple(g.notes))

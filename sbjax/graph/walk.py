@@ -39,7 +39,8 @@ from jax.extend import source_info_util
 from sbjax.graph import costs
 from sbjax.graph import zeros
 
-__all__ = ["CALL_PARAMS", "TRANSPARENT", "Call", "Info", "Tally", "walk_closed"]
+__all__ = ["CALL_PARAMS", "TRANSPARENT", "Call", "Info", "Tally", "opened", "product", "shape_of", "simple", "value_info",
+           "walk_closed", "zero_pattern"]
 
 # Ops that move a value without changing it: a kernel keeps its origin through them.
 TRANSPARENT = frozenset(
@@ -120,11 +121,11 @@ class Tally:
             self.notes.append(text)
 
 
-def _shape(v) -> tuple[int, ...]:
+def shape_of(v) -> tuple[int, ...]:
     return tuple(int(d) for d in getattr(v.aval, "shape", ()))
 
 
-def _value_info(value, shape) -> Info:
+def value_info(value, shape) -> Info:
     """Info of a concrete value (a literal or a closed-over constant)."""
     size = math.prod(shape)
     if size > _CONST_ZERO_LIMIT:
@@ -135,21 +136,21 @@ def _value_info(value, shape) -> Info:
 
 
 def _where(eqn) -> str:
-    shapes = " x ".join(str(list(_shape(v))) for v in eqn.invars)
+    shapes = " x ".join(str(list(shape_of(v))) for v in eqn.invars)
     return f"{eqn.primitive.name} {shapes} at {source_info_util.summarize(eqn.source_info)}"
 
 
-def _closed(jaxpr) -> tuple[core.Jaxpr, list[Info]]:
+def opened(jaxpr) -> tuple[core.Jaxpr, list[Info]]:
     """The open jaxpr and the Infos of its constants, for a Jaxpr or a ClosedJaxpr."""
     if isinstance(jaxpr, core.ClosedJaxpr):
-        consts = [_value_info(c, _shape(v)) for c, v in zip(jaxpr.consts, jaxpr.jaxpr.constvars)]
+        consts = [value_info(c, shape_of(v)) for c, v in zip(jaxpr.consts, jaxpr.jaxpr.constvars)]
         return jaxpr.jaxpr, consts
     return jaxpr, [Info() for _ in jaxpr.constvars]
 
 
 def walk_closed(closed: core.ClosedJaxpr, args: Sequence[Info]) -> tuple[list[Info], Tally]:
     """Walks a closed jaxpr whose invars are described by ``args``."""
-    jaxpr, consts = _closed(closed)
+    jaxpr, consts = opened(closed)
     return _walk(jaxpr, consts, list(args))
 
 
@@ -161,7 +162,7 @@ def _walk(jaxpr: core.Jaxpr, consts: Sequence[Info], args: Sequence[Info]) -> tu
 
     def read(v) -> Info:
         if isinstance(v, core.Literal):
-            return _value_info(v.val, _shape(v))
+            return value_info(v.val, shape_of(v))
         return env[v]
 
     for eqn in jaxpr.eqns:
@@ -175,7 +176,7 @@ def _walk(jaxpr: core.Jaxpr, consts: Sequence[Info], args: Sequence[Info]) -> tu
 def _equation(eqn, ins: list[Info], tally: Tally) -> list[Info]:
     name = eqn.primitive.name
     if name in ("conv_general_dilated", "dot_general"):
-        return [_product(eqn, ins, tally)]
+        return [product(eqn, ins, tally)]
     if name == "cond":
         return _cond(eqn, ins, tally)
     if name == "scan":
@@ -184,7 +185,7 @@ def _equation(eqn, ins: list[Info], tally: Tally) -> list[Info]:
         return _while(eqn, ins, tally)
     sub = next((eqn.params[k] for k in CALL_PARAMS if k in eqn.params), None)
     if isinstance(sub, (core.Jaxpr, core.ClosedJaxpr)):
-        jaxpr, consts = _closed(sub)
+        jaxpr, consts = opened(sub)
         if len(jaxpr.invars) == len(ins) and len(jaxpr.outvars) == len(eqn.outvars):
             if name not in _KNOWN_CALLS:
                 tally.note(f"walked through primitive {name!r} as a plain call")
@@ -193,17 +194,17 @@ def _equation(eqn, ins: list[Info], tally: Tally) -> list[Info]:
             return outs
     if any(True for _ in core.jaxprs_in_params(eqn.params)):
         return _opaque(eqn, ins, tally)
-    return _simple(eqn, ins, tally)
+    return simple(eqn, ins, tally)
 
 
 # ----------------------------------------------------------------------------- products
 
 
-def _product(eqn, ins: list[Info], tally: Tally) -> Info:
+def product(eqn, ins: list[Info], tally: Tally) -> Info:
     lhs, rhs = ins[0], ins[1]
     name = eqn.primitive.name
-    out_shape = _shape(eqn.outvars[0])
-    lhs_shape, rhs_shape = _shape(eqn.invars[0]), _shape(eqn.invars[1])
+    out_shape = shape_of(eqn.outvars[0])
+    lhs_shape, rhs_shape = shape_of(eqn.invars[0]), shape_of(eqn.invars[1])
     if not (lhs.act or rhs.act):
         tally.note("products of parameters alone (independent of the input) are not counted")
         return Info()
@@ -251,11 +252,11 @@ def _origin(name: str, ins: list[Info]) -> int | None:
     return None
 
 
-def _simple(eqn, ins: list[Info], tally: Tally) -> list[Info]:
+def simple(eqn, ins: list[Info], tally: Tally) -> list[Info]:
     name = eqn.primitive.name
     act = any(i.act for i in ins)
-    in_shapes = [_shape(v) for v in eqn.invars]
-    out_shapes = [_shape(v) for v in eqn.outvars]
+    in_shapes = [shape_of(v) for v in eqn.invars]
+    out_shapes = [shape_of(v) for v in eqn.outvars]
     if act:
         n = costs.other_ops(name, in_shapes, out_shapes, eqn.params)
         if n:
@@ -265,12 +266,12 @@ def _simple(eqn, ins: list[Info], tally: Tally) -> list[Info]:
     origin = _origin(name, ins) if len(eqn.outvars) == 1 else None
     outs = []
     for shape in out_shapes:
-        zero = _zero(eqn, ins, in_shapes, shape) if len(out_shapes) == 1 else None
+        zero = zero_pattern(eqn, ins, in_shapes, shape) if len(out_shapes) == 1 else None
         outs.append(Info(origin=origin, act=act, zero=zero))
     return outs
 
 
-def _zero(eqn, ins: list[Info], in_shapes, out_shape):
+def zero_pattern(eqn, ins: list[Info], in_shapes, out_shape):
     """The provably-zero pattern of a single-output equation (``None`` when unknown)."""
     name, p = eqn.primitive.name, eqn.params
     z = [i.zero for i in ins]
@@ -353,7 +354,7 @@ def _opaque(eqn, ins: list[Info], tally: Tally) -> list[Info]:
 
 def _carry_fixpoint(body, consts: list[Info], carry: list[Info], rest: list[Info], ncarry_out_start: int = 0):
     """Walks a loop body until the carries' origin/act are stable; carries never hold zeros."""
-    jaxpr, body_consts = _closed(body)
+    jaxpr, body_consts = opened(body)
     carry = [Info(origin=c.origin, act=c.act) for c in carry]
     for _ in range(4):
         outs, tally = _walk(jaxpr, body_consts, consts + carry + rest)
@@ -372,13 +373,13 @@ def _scan(eqn, ins: list[Info], tally: Tally) -> list[Info]:
     nc, nk, length = p["num_consts"], p["num_carry"], int(p["length"])
     consts, carry, xs = ins[:nc], ins[nc : nc + nk], ins[nc + nk :]
     sliced = [
-        Info(origin=x.origin, act=x.act, zero=None if x.zero is None else zeros.fit(np.all(x.zero, axis=0), _shape(v)[1:]))
+        Info(origin=x.origin, act=x.act, zero=None if x.zero is None else zeros.fit(np.all(x.zero, axis=0), shape_of(v)[1:]))
         for x, v in zip(xs, eqn.invars[nc + nk :])
     ]
     outs, inner, carry = _carry_fixpoint(p["jaxpr"], list(consts), list(carry), sliced)
     tally.add(inner, length)
     ys = [
-        Info(act=o.act, zero=None if o.zero is None else zeros.fit(o.zero[None], _shape(v)))
+        Info(act=o.act, zero=None if o.zero is None else zeros.fit(o.zero[None], shape_of(v)))
         for o, v in zip(outs[nk:], eqn.outvars[nk:])
     ]
     return carry + ys
@@ -434,7 +435,7 @@ def _while(eqn, ins: list[Info], tally: Tally) -> list[Info]:
 
 def _cond(eqn, ins: list[Info], tally: Tally) -> list[Info]:
     ops = ins[1:]
-    results = [_walk(*_closed(branch), ops) for branch in eqn.params["branches"]]
+    results = [_walk(*opened(branch), ops) for branch in eqn.params["branches"]]
     costs_ = [inner.macs for _, inner in results]
     best = int(np.argmax(costs_))
     if len(set(costs_)) > 1 or any(r[1].other != results[0][1].other for r in results):
@@ -451,7 +452,7 @@ def _cond(eqn, ins: list[Info], tally: Tally) -> list[Info]:
             Info(
                 origin=origins.pop() if len(origins) == 1 else None,
                 act=any(o.act for o in branch_outs) or ins[0].act,
-                zero=zeros.all_of([o.zero for o in branch_outs], _shape(eqn.outvars[k])),
+                zero=zeros.all_of([o.zero for o in branch_outs], shape_of(eqn.outvars[k])),
             )
         )
     return outs
