@@ -20,6 +20,18 @@ class TinyCNN(nn.Module):
         return nn.Dense(3, name="head")(x)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_programs():
+    """Drops every compiled program after each test module.
+
+    The suite compiles thousands of programs (every registry model, slimmed and masked, at
+    several shapes); kept for the whole session they grow the process until XLA's compiler
+    crashed late in the run. Modules rarely share programs, so little is recompiled.
+    """
+    yield
+    jax.clear_caches()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_sbjax_dirs(tmp_path_factory):
     """The cache (``$SBJAX_CACHE``) and user directory (``$SBJAX_HOME``) of the whole session are
