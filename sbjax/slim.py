@@ -155,13 +155,9 @@ def slim(apply_fn: Callable[[Variables, Any], Any], variables: Variables, mask: 
         for axis, kept in _kept(graph, gone, path, np.shape(leaf)).items():
             value = np.take(value, kept, axis=axis)
         leaves.append(jnp.asarray(value))
-    full = jax.tree.map(_spec, variables)
+    full = jax.tree.map(channels.spec, variables)
     keys = frozenset(_key(graph.groups[g]) for g in removed)
     return Slimmed(jax.tree.unflatten(jax.tree.structure(variables), leaves), apply_fn, full, keys)
-
-
-def _spec(a) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a))
 
 
 def _kept(graph: channels.ChannelGraph, gone: np.ndarray, path: str, shape) -> dict[int, np.ndarray]:

@@ -47,7 +47,7 @@ from jax.extend import core
 from sbjax import selection as selection_lib
 from sbjax.graph import walk
 
-__all__ = ["NARY", "UNARY", "ChannelGraph", "ChannelGraphError", "Group", "channel_graph", "evaluate", "trace"]
+__all__ = ["NARY", "UNARY", "ChannelGraph", "ChannelGraphError", "Group", "channel_graph", "evaluate", "spec", "trace"]
 
 PIN = -1  # the label of a position that can never be removed
 
@@ -688,7 +688,8 @@ class ChannelGraph:
         return np.array([all(p in allowed for p, _ in g.producers) for g in self.groups], bool)
 
 
-def _spec(a) -> jax.ShapeDtypeStruct:
+def spec(a) -> jax.ShapeDtypeStruct:
+    """The ``jax.ShapeDtypeStruct`` of an array (or of anything with a shape and a dtype)."""
     return jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a))
 
 
@@ -701,9 +702,9 @@ def trace(apply_fn: Callable[[Any, Any], Any], tree: Any, x: Any) -> tuple[core.
     """
     partial = isinstance(apply_fn, jax.tree_util.Partial)
     fn_leaves = jax.tree.leaves(apply_fn) if partial else []
-    specs = (jax.tree.map(_spec, tree), jax.tree.map(_spec, x))
+    specs = (jax.tree.map(spec, tree), jax.tree.map(spec, x))
     if partial:
-        closed, out = jax.make_jaxpr(lambda f, t, v: f(t, v), return_shape=True)(jax.tree.map(_spec, apply_fn), *specs)
+        closed, out = jax.make_jaxpr(lambda f, t, v: f(t, v), return_shape=True)(jax.tree.map(spec, apply_fn), *specs)
     else:
         closed, out = jax.make_jaxpr(apply_fn, return_shape=True)(*specs)
     return closed, len(fn_leaves), len(jax.tree.leaves(tree)), jax.tree.structure(out)
