@@ -25,7 +25,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -511,8 +510,14 @@ def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, log: Callable[[str
     other = _other_settings(store, experiments)
     if other:
         log(other)
+    todo = []
+    for config in experiments:
+        if store.is_done(config.id):
+            store.tidy(config.id)  # a process killed after its result may have left its resume state and lock
+        else:
+            todo.append(config)
     setups: dict[tuple, Setup] = {}
-    for chunk in _chunks([c for c in experiments if not store.is_done(c.id)], sweep.models_per_job):
+    for chunk in _chunks(todo, sweep.models_per_job):
         with contextlib.ExitStack() as claims:
             mine = []
             for config in chunk:
@@ -576,6 +581,5 @@ def _run_job(store, setup: Setup, configs: list[ExperimentConfig], labels: dict[
         store.write_result(config.id, row)
         log(f"{labels[config.id]}: top1 {row['pre_top1']:.4f} -> {row['top1']:.4f}, speedup {row['speedup']:.2f}, "
             f"{row['wall_time']:.1f}s")  # fmt: skip
-    for config in configs:  # resume state, now spent
-        for spent in (store.folder(config.id) / "finetune", *store.folder(config.id).glob("finetune-*")):
-            shutil.rmtree(spent, ignore_errors=True)
+    for config in configs:
+        store.remove_resume_state(config.id)

@@ -8,6 +8,7 @@ Layout of a results folder::
         result.json     the result row, written last: its presence means "finished"
         log.jsonl       one line per finetuning epoch
         .lock           held while a process runs the experiment
+        finetune*/      resume state of an unfinished experiment (removed once its result is written)
       results.csv       every row, with every setting of its experiment as a column
       summary.csv       means and deviations over seeds (``sbjax run`` / ``sbjax results``)
       report_card.txt   the evaluation checklist's problems (``sbjax run`` / ``sbjax results``)
@@ -29,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -264,6 +266,27 @@ class Store:
             return False
         same_pids = len(fields) < 3 or fields[2] == _pid_namespace()
         return same_pids and not _pid_alive(int(fields[1]))
+
+    def remove_resume_state(self, experiment_id: str) -> None:
+        """Removes the experiment's sub-folders: its resume state, spent once its result is written.
+
+        Each is renamed to a ``.spent-*`` name before it is removed, so a process killed during
+        the removal leaves nothing a resume would read; :meth:`tidy` removes such leftovers.
+        """
+        folder = self.folder(experiment_id)
+        for sub in sorted(p for p in folder.glob("*") if p.is_dir() and not p.name.startswith(".spent-")):
+            with contextlib.suppress(FileNotFoundError):  # another process removed it first
+                sub.rename(folder / f".spent-{uuid.uuid4().hex}")
+        for spent in folder.glob(".spent-*"):
+            shutil.rmtree(spent, ignore_errors=True)
+
+    def tidy(self, experiment_id: str) -> None:
+        """Removes what a process killed after a finished experiment's result left: its resume
+        state and its lock, once the lock is stale (a live holder is still cleaning up)."""
+        self.remove_resume_state(experiment_id)
+        lock = self.folder(experiment_id) / ".lock"
+        if lock.exists():
+            self._take_over(lock)
 
     def write_config(self, experiment_id: str, config: Mapping[str, Any]) -> None:
         write_json_atomic(self.folder(experiment_id) / "config.json", dict(config))

@@ -2,7 +2,9 @@
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,6 +77,28 @@ def test_kill_9_then_rerun_skips_finished_and_equals_uninterrupted(reference_swe
     run_cli(*args)
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items()), "a finished experiment was rerun"
     pd.testing.assert_frame_equal(table(folder), table(tmp_path))
+
+
+def test_a_rerun_removes_what_a_kill_after_a_result_left_and_reruns_nothing(reference_sweep, tmp_path):
+    """A process killed while it removed a finished experiment's spent resume state left part of
+    ``finetune/``, a half-renamed ``.spent-*`` folder and its lock (a dead pid of this host)."""
+    sweep, folder = reference_sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    finished = {p: p.stat().st_mtime_ns for p in copy.glob("*/result.json")}
+    killed, busy = sorted(p.parent for p in finished)[:2]
+    for sub in ("finetune/3/arrays", "finetune-0123abcd/1", ".spent-1f2e"):
+        (killed / sub).mkdir(parents=True)
+        (killed / sub / "data").write_bytes(b"x" * 100)
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    (killed / ".lock").write_text(f"{socket.gethostname()} {dead.pid}")
+    (busy / ".lock").write_text(f"{socket.gethostname()} {os.getpid()}")  # a live holder still cleaning up
+    experiment.run_sweep(sweep, copy, log=lambda _: None)
+    assert sorted(p.name for p in killed.iterdir()) == ["config.json", "log.jsonl", "result.json"]
+    assert (busy / ".lock").exists(), "a live holder's lock was removed"
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items()), "a finished experiment was rerun"
+    pd.testing.assert_frame_equal(table(folder), table(copy))
 
 
 def test_cli_run_prints_table_and_writes_csv_and_plots(reference_sweep, tmp_path):
