@@ -42,8 +42,8 @@ import numpy as np
 
 from sbjax import models
 
-__all__ = ["CheckpointError", "CheckpointInfo", "digest", "fingerprint", "home", "locate", "read_info", "restore",
-           "save", "shipped", "user_dir"]  # fmt: skip
+__all__ = ["CheckpointError", "CheckpointInfo", "check_files", "digest", "fingerprint", "home", "locate", "read_info",
+           "record_files", "restore", "save", "shipped", "user_dir"]  # fmt: skip
 
 Variables = Any
 FORMAT = "sbjax-checkpoint/1"
@@ -165,7 +165,7 @@ def save(
     arrays = jax.tree.map(np.asarray, variables)
     args = ocp.args.Composite(**{_VARIABLES: ocp.args.StandardSave(arrays), _INFO: ocp.args.JsonSave(record)})
     checkpointer.save(path, args, force=overwrite)
-    (path / _FILES).write_text(json.dumps(_file_hashes(path), indent=1, sort_keys=True) + "\n")
+    record_files(path)
     return path
 
 
@@ -176,10 +176,28 @@ def _file_hashes(path: pathlib.Path) -> dict[str, str]:
     return out
 
 
-def _check_files(path: pathlib.Path) -> None:
-    """Compares the checkpoint's files with the hashes recorded at save time, if any."""
+def record_files(path: pathlib.Path) -> None:
+    """Records the sha256 of every file in the folder ``path`` (written by orbax), for :func:`check_files`.
+
+    The list is written to a temporary name and renamed into place: a folder either has a
+    complete list or none.
+    """
+    listing, tmp = path / _FILES, path / f".{_FILES}.tmp"
+    tmp.write_text(json.dumps(_file_hashes(path), indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, listing)
+
+
+def check_files(path: pathlib.Path, required: bool = False) -> None:
+    """Compares the files of ``path`` with the hashes :func:`record_files` recorded, before any is read.
+
+    Raises:
+        CheckpointError: a file is missing, truncated or modified, or (if ``required``) there is
+            no list.
+    """
     listing = path / _FILES
     if not listing.is_file():
+        if required:
+            raise CheckpointError(f"{path} has no list of its files (an interrupted save, or an older sbjax)")
         return
     try:
         expected = json.loads(listing.read_text())
@@ -336,7 +354,7 @@ def restore(
     """
     path = pathlib.Path(directory).expanduser().resolve()
     if path.is_dir():
-        _check_files(path)
+        check_files(path)
     record = _read_record(path)
     info = CheckpointInfo.from_json(record)
     if model is not None and info.model != model:

@@ -154,28 +154,44 @@ class EpochStore:
 
     ``settings`` (a string) is saved with each checkpoint; one made with other settings is
     refused (an error: the caller gave one folder to two trainings). Each checkpoint records the
-    digest of its arrays (``sbjax.checkpoints.digest``), checked on restore as pretrained
-    checkpoints are: a damaged checkpoint (arrays or metadata unreadable, or arrays that do not
-    hash to the digest) or one of an older sbjax's layout is discarded with one warning line,
-    and the previous epoch's is tried; with none good, training starts over. The two latest
-    epochs are kept.
+    digest of its arrays (``sbjax.checkpoints.digest``) and the hashes of its files
+    (``sbjax.checkpoints.record_files``), both checked on restore as pretrained checkpoints'
+    are, the files before orbax reads any: a damaged checkpoint (a file missing or changed,
+    arrays or metadata unreadable, or arrays that do not hash to the digest), one without its
+    file list (its save was interrupted) or one of an older sbjax's layout is discarded with
+    one warning line, and the previous epoch's is tried; with none good, training starts over.
+    The two latest epochs are kept.
     """
 
     def __init__(self, directory: str | Path, settings: str):
-        import orbax.checkpoint as ocp
-
-        self.ocp = ocp
+        self.directory = Path(directory).absolute()
         self.settings = settings
-        options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
-        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+        self._manager = None
+
+    @property
+    def manager(self):
+        """The orbax ``CheckpointManager``, made on first use: it reads every step's metadata,
+        so :meth:`restore` checks the steps' files before it exists."""
+        if self._manager is None:
+            import orbax.checkpoint as ocp
+
+            self.ocp = ocp
+            options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        return self._manager
 
     def save(self, epoch: int, arrays: Any, meta: dict[str, Any]) -> None:
         """Saves ``arrays`` (any pytree of arrays) and ``meta`` (JSON-able) as checkpoint ``epoch``."""
+        manager = self.manager
         leaves = {f"{i:06d}": leaf for i, leaf in enumerate(jax.tree.leaves(arrays))}
         meta = {**meta, "settings": self.settings, "layout": LAYOUT, "digest": checkpoints.digest(leaves)}
         args = self.ocp.args.Composite(arrays=self.ocp.args.StandardSave(leaves), meta=self.ocp.args.JsonSave(meta))
-        self.manager.save(epoch, args=args)
-        self.manager.wait_until_finished()
+        manager.save(epoch, args=args)
+        manager.wait_until_finished()
+        checkpoints.record_files(self._folder(epoch))
+
+    def _folder(self, step: int) -> Path:
+        return self.directory / str(step)
 
     def restore(self, arrays: Any) -> tuple[Any, dict[str, Any]] | None:
         """The latest good ``(arrays, meta)``, arrays with the structure of ``arrays``; ``None`` if none.
@@ -185,16 +201,28 @@ class EpochStore:
         """
         leaves, treedef = jax.tree.flatten(arrays)
         target = {f"{i:06d}": leaf for i, leaf in enumerate(leaves)}
+        steps = sorted((int(p.name) for p in self.directory.glob("*") if p.name.isdigit() and p.is_dir()), reverse=True)
+        for n, step in enumerate(steps):  # before orbax reads anything: its readers report some damage only as noise
+            try:
+                checkpoints.check_files(self._folder(step), required=True)
+            except checkpoints.CheckpointError as error:
+                self._warn(step, str(error).removeprefix(f"{self._folder(step)} "), n + 1 < len(steps))
+                shutil.rmtree(self._folder(step), ignore_errors=True)
+        if self._manager is not None:
+            self._manager.reload()
         steps = sorted(self.manager.all_steps(), reverse=True)
         for n, step in enumerate(steps):
             found = self._restore(step, target)
             if not isinstance(found, str):
                 saved, meta = found
                 return jax.tree.unflatten(treedef, [jnp.asarray(saved[k]) for k in sorted(saved)]), meta
-            then = "resuming from an earlier epoch" if n + 1 < len(steps) else "training starts over"
-            warnings.warn(f"epoch checkpoint {step} in {self.manager.directory} {found}: discarded, {then}", stacklevel=2)
+            self._warn(step, found, n + 1 < len(steps))
             self._discard(step)
         return None
+
+    def _warn(self, step: int, why: str, earlier: bool) -> None:
+        then = "resuming from an earlier epoch" if earlier else "training starts over"
+        warnings.warn(f"epoch checkpoint {step} in {self.directory} {why}: discarded, {then}", stacklevel=3)
 
     def _restore(self, step: int, target: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | str:
         """Checkpoint ``step``'s ``(arrays, meta)``, or why it cannot be used."""
@@ -208,7 +236,7 @@ class EpochStore:
         if meta.get("layout") != LAYOUT or "digest" not in meta:
             return "was written by an older sbjax (no digest of its arrays)"
         if meta["settings"] != self.settings:
-            raise ValueError(f"checkpoint in {self.manager.directory} was made with other settings: "
+            raise ValueError(f"checkpoint in {self.directory} was made with other settings: "
                              f"{meta['settings']}, not {self.settings}; a folder holds one training's checkpoints")  # fmt: skip
         try:
             saved = self.manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore(target))).arrays

@@ -2,6 +2,8 @@
 one is discarded with one warning and training resumes from the previous good one (or restarts)."""
 
 import json
+import subprocess
+import sys
 import warnings
 
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 import finetune_run
+from sbjax import checkpoints
 from sbjax.epochs import EpochStore
 
 
@@ -48,6 +51,8 @@ def test_flipped_bytes_in_the_latest_are_found_and_the_previous_epoch_is_used(tm
 
 @pytest.mark.parametrize("damage", ["meta", "older-layout", "digest"])
 def test_unreadable_metadata_or_an_older_layout_is_discarded_not_loaded(tmp_path, damage):
+    """Damage written with a consistent file list (a save that went wrong, not a file changed
+    later), so that the checks behind the file list are reached."""
     store = saved_store(tmp_path)
     for step in ("1", "2"):
         meta = tmp_path / step / "meta" / "metadata"
@@ -58,12 +63,64 @@ def test_unreadable_metadata_or_an_older_layout_is_discarded_not_loaded(tmp_path
         else:  # what sbjax wrote before epoch checkpoints carried a digest (and other settings text)
             old = json.loads(meta.read_text())
             meta.write_text(json.dumps({"history": old["history"], "settings": "FinetuneConfig(older fields)"}))
+        checkpoints.record_files(tmp_path / step)
     with pytest.warns(UserWarning) as caught:
         assert store.restore(arrays(0.0)) is None  # none is good: training starts over
     messages = [str(w.message) for w in caught]
     assert len(messages) == 2 and "starts over" in messages[-1]
     words = {"meta": "unreadable metadata", "older-layout": "older sbjax", "digest": "do not match their recorded digest"}
     assert all(words[damage] in m and "\n" not in m for m in messages)
+
+
+def test_a_checkpoint_without_its_file_list_is_discarded(tmp_path):
+    """An older sbjax's checkpoint, or a process killed between orbax's commit and the list."""
+    store = saved_store(tmp_path)
+    (tmp_path / "2" / "sbjax-files.json").unlink()
+    with pytest.warns(UserWarning) as caught:
+        assert store.restore(arrays(0.0))[1]["history"] == [1]
+    assert len(caught) == 1 and "has no list of its files" in str(caught[0].message)
+
+
+DAMAGE_EVERY_FILE = """
+import shutil, sys, warnings
+from pathlib import Path
+import jax.numpy as jnp
+from sbjax.epochs import EpochStore
+root = Path(sys.argv[1])
+target = {"w": jnp.zeros((300_000,)), "b": jnp.zeros((30, 30))}
+seed = EpochStore(root / "seed", "s")
+for epoch in (1, 2):
+    seed.save(epoch, {"w": jnp.arange(300_000.0) + epoch, "b": jnp.ones((30, 30))}, {"epoch": epoch})
+files = sorted(p.relative_to(root / "seed" / "2") for p in (root / "seed" / "2").rglob("*") if p.is_file())
+for i, name in enumerate(files):
+    for how in ("flip", "truncate"):
+        folder = root / f"{i}-{how}"
+        shutil.copytree(root / "seed", folder)
+        path = folder / "2" / name
+        data = bytearray(path.read_bytes())
+        if how == "flip" and data:
+            data[len(data) // 2] ^= 0xFF
+        else:
+            data = data[: len(data) // 2]
+        path.write_bytes(bytes(data))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            restored = EpochStore(folder, "s").restore(target)
+        print(name, how, restored[1]["epoch"], len(caught), flush=True)
+"""
+
+
+def test_every_damaged_file_is_found_before_orbax_reads_and_nothing_else_is_printed(tmp_path):
+    """Each file of the latest epoch checkpoint flipped or truncated in turn, in a fresh process:
+    the earlier epoch is resumed with one warning, and nothing but the script's lines is printed
+    (orbax's readers report some damage as tracebacks from their threads)."""
+    done = subprocess.run([sys.executable, "-c", DAMAGE_EVERY_FILE, str(tmp_path)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split("\n")[:-1]
+    assert len(lines) >= 2 * 14, done.stdout
+    assert all(line.split()[-2:] == ["1", "1"] for line in lines), done.stdout
+    assert done.stderr.strip() == "", done.stderr
 
 
 def test_other_settings_of_the_current_layout_are_still_an_error(tmp_path):
