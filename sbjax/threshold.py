@@ -10,7 +10,8 @@ see it, and ``k`` is the exact product of that float32 value with the integer ``
 half to even (so ``0.05`` keeps 1 of 10 entries: float32 0.05 is 0.0500000007...). ``k`` is
 computed in integers, never in float32: on the host for a Python number, with uint32
 arithmetic on the device for an array, so eager and jitted calls keep the same entries, for
-any ``n < 2**31``; jit and vmap over fractions work without retracing.
+any ``n < 2**31``; jit and vmap over fractions work without retracing. :func:`global_keep` and
+:func:`layer_keep` are jitted (an eager call would compile the counting loops again each time).
 
 No sort is needed. Scores are mapped to unsigned integers that order like the floats, and the
 k-th largest key is found with counting passes, each linear in the number of entries: bit by
@@ -312,6 +313,7 @@ def _first_ties(parts: list[jax.Array], t: jax.Array, k: jax.Array, n_at_least: 
     return kept
 
 
+@jax.jit
 def global_keep(scores: Scores, fraction: Any) -> Any:
     """Keeps the ``round(fraction * N)`` largest scores across all leaves of ``scores``.
 
@@ -334,6 +336,7 @@ def global_keep(scores: Scores, fraction: Any) -> Any:
     return jax.tree.unflatten(treedef, [part.reshape(leaf.shape) for part, leaf in zip(keep, leaves)])
 
 
+@jax.jit
 def layer_keep(scores: Scores, fraction: Any) -> Any:
     """Keeps the ``round(fraction * n)`` largest scores of each leaf separately.
 

@@ -74,9 +74,11 @@ def test_traced_fraction_under_jit_and_vmap_without_retracing():
     np.testing.assert_array_equal(counts["b"], [1, 2, 5])  # round(2.5) == 2
 
 
+# A few shapes, not any: each new shape compiles every op of the selection again (most of the
+# time these laws took), while ties, zeros, large magnitudes and sizes 1 to 72 stay covered.
 floats = hnp.arrays(
     np.float32,
-    hnp.array_shapes(min_dims=1, max_dims=3, max_side=6),
+    st.sampled_from([(1,), (5,), (2, 3), (4, 6), (3, 2, 2), (2, 6, 6)]),
     elements=st.sampled_from([0.0, 1.0, -1.0, 0.5, 2.0, 3.25]) | st.floats(-1e6, 1e6, width=32),
 )
 
