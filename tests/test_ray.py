@@ -1,0 +1,130 @@
+"""Sweeps on Ray: a real Ray instance of this machine with two worker processes, one of them
+killed (SIGKILL) while it runs a job; the sweep completes with every result, and its
+``results.csv`` equals that of the same sweep run without Ray (timings aside).
+"""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ray = pytest.importorskip("ray", reason="the Ray sweep needs the optional extra: pip install 'sbjax[ray]'")
+
+from sbjax import cli, results  # noqa: E402
+from sbjax import config as config_lib  # noqa: E402
+from sbjax.launch import ray_sweep  # noqa: E402
+from sbjax.setups import resolve_all  # noqa: E402
+
+SETS = ['models=["mlp"]', "checkpoints={}", 'datasets=["mnist5k"]', 'strategies=["random","global_magnitude"]',
+        "compressions=[1,4]", "seeds=[0]", 'finetune={"epochs":2,"steps_per_epoch":3}', "test_size=100"]  # fmt: skip
+ARGS = [a for s in SETS for a in ("--set", s)]
+TITLE = b"ray::sbjax_job"  # a Ray worker's process title while it runs a job
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Ray instance of this machine with 2 CPUs: 2 worker processes of 1 CPU each."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    """The sweep without Ray, through the command: its folder."""
+    folder = tmp_path_factory.mktemp("local")
+    assert cli.main(["run", *ARGS, "--results", str(folder)]) == 0
+    return folder
+
+
+def csv(folder: Path) -> pd.DataFrame:
+    return pd.read_csv(folder / "results.csv").drop(columns=["wall_time"])
+
+
+def epochs(folder: Path) -> list[dict]:
+    """An experiment's epoch log, timings aside."""
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in (folder / "log.jsonl").open()]
+
+
+def running_jobs() -> list[int]:
+    """The pids of this machine's Ray workers running a job."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(TITLE):
+                pids.append(int(proc.name))
+        except OSError:
+            pass
+    return pids
+
+
+class Killer(threading.Thread):
+    """Kills the first worker seen running a job once it has run for ``after`` seconds (if still running it)."""
+
+    def __init__(self, after: float):
+        super().__init__(daemon=True)
+        self.after, self.killed, self.stop = after, [], threading.Event()
+
+    def run(self):
+        seen: dict[int, float] = {}
+        while not self.stop.wait(0.05) and not self.killed:
+            now = time.monotonic()
+            for pid in running_jobs():
+                if now - seen.setdefault(pid, now) >= self.after and pid in running_jobs():
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed.append(pid)
+                    break
+
+
+def test_ray_sweep_with_a_worker_killed_equals_the_local_sweep(cluster, local, tmp_path, capsys):
+    killer = Killer(after=3.0)
+    killer.start()
+    try:
+        assert cli.main(["run", *ARGS, "--results", str(tmp_path), "--ray", "local", "--ray-retries", "2"]) == 0
+    finally:
+        killer.stop.set()
+        killer.join()
+    assert len(killer.killed) == 1, "a worker should have been killed while it ran a job"
+    assert not Path(f"/proc/{killer.killed[0]}").exists()
+    err = capsys.readouterr().err
+    assert "ray: 3 jobs (3 experiments) on a cluster of 2 CPUs and 0 GPUs, 0 GPUs and 1 CPUs per task" in err
+    assert [line for line in err.splitlines() if line.startswith("ray: ") and "finished" in line] == [
+        "ray: 1/3 jobs finished, 2 running or queued", "ray: 2/3 jobs finished, 1 running or queued",
+        "ray: 3/3 jobs finished, 0 running or queued"]  # fmt: skip
+    sweep = config_lib.load_sweep(None, SETS)
+    ids = sorted(c.id for c in resolve_all(sweep.experiments()))
+    assert sorted(p.parent.name for p in tmp_path.glob("*/result.json")) == ids
+    pd.testing.assert_frame_equal(csv(tmp_path), csv(local), check_exact=True)
+    assert len(csv(local)) == 3 and (csv(local).epochs == 2).all()
+    for i in ids:  # one writer, the same files: config, epoch log and result
+        assert (tmp_path / i / "config.json").read_bytes() == (local / i / "config.json").read_bytes()
+        assert epochs(tmp_path / i) == epochs(local / i) and len(epochs(local / i)) == 2
+        assert sorted(p.name for p in (tmp_path / i).iterdir()) == ["config.json", "log.jsonl", "result.json"]
+
+    before = {p: p.read_bytes() for p in tmp_path.glob("*/result.json")}
+    lines = []
+    rows = ray_sweep.run_sweep_ray(sweep, tmp_path, log=lines.append)  # a rerun skips what is finished
+    assert lines == ["ray: every experiment is finished, nothing to run"] and len(rows) == 3
+    assert {p: p.read_bytes() for p in tmp_path.glob("*/result.json")} == before
+
+
+def test_a_bad_setting_in_a_task_raises_its_own_error(cluster, tmp_path):
+    sweep = config_lib.load_sweep(None, [*SETS, "compressions=[1,100000]", 'strategies=["random"]'])
+    with pytest.raises(ValueError, match="mlp: .*100000"):
+        ray_sweep.run_sweep_ray(sweep, tmp_path, log=lambda _: None)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (dict(address=" "), "ray address ' ' is empty; expected 'local' or HOST:PORT of a Ray head"),
+    (dict(gpus=-1), "ray gpus per task must be 0 or more, got -1"),
+    (dict(cpus=0), "ray cpus per task must be more than 0, got 0"),
+    (dict(max_retries=-1), "ray max_retries must be a count of 0 or more, got -1"),
+])  # fmt: skip
+def test_ray_options_are_checked(options, message):
+    with pytest.raises(ValueError, match="^" + message + "$"):
+        ray_sweep.RayOptions(**options)
