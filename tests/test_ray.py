@@ -6,6 +6,8 @@ killed (SIGKILL) while it runs a job; the sweep completes with every result, and
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,12 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-ray = pytest.importorskip("ray", reason="the Ray sweep needs the optional extra: pip install 'sbjax[ray]'")
-
-from sbjax import cli, results  # noqa: E402
-from sbjax import config as config_lib  # noqa: E402
-from sbjax.launch import ray_sweep  # noqa: E402
-from sbjax.setups import resolve_all  # noqa: E402
+from sbjax import cli
+from sbjax import config as config_lib
+from sbjax.launch import ray_sweep
+from sbjax.setups import resolve_all
 
 SETS = ['models=["mlp"]', "checkpoints={}", 'datasets=["mnist5k"]', 'strategies=["random","global_magnitude"]',
         "compressions=[1,4]", "seeds=[0]", 'finetune={"epochs":2,"steps_per_epoch":3}', "test_size=100"]  # fmt: skip
@@ -29,6 +29,7 @@ TITLE = b"ray::sbjax_job"  # a Ray worker's process title while it runs a job
 @pytest.fixture(scope="module")
 def cluster():
     """A Ray instance of this machine with 2 CPUs: 2 worker processes of 1 CPU each."""
+    ray = pytest.importorskip("ray", reason="the Ray sweep needs the optional extra: pip install 'sbjax[ray]'")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
@@ -128,3 +129,20 @@ def test_a_bad_setting_in_a_task_raises_its_own_error(cluster, tmp_path):
 def test_ray_options_are_checked(options, message):
     with pytest.raises(ValueError, match="^" + message + "$"):
         ray_sweep.RayOptions(**options)
+
+
+def test_the_plain_install_needs_no_ray(tmp_path):
+    """sbjax and its Ray module import without Ray; a Ray sweep without it is one clear error."""
+    code = ("import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed
+            "from sbjax import cli, experiment; from sbjax.launch import ray_sweep\n"
+            f"sys.exit(cli.main(['run', *{ARGS!r}, '--results', {str(tmp_path)!r}, '--ray', 'local']))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1] == "sbjax run: error: a Ray sweep needs Ray: pip install 'sbjax[ray]'"
+    assert not list(tmp_path.glob("*/result.json"))
+
+
+def test_ray_flags_go_with_ray(tmp_path, capsys):
+    assert cli.main(["run", *ARGS, "--results", str(tmp_path), "--ray-gpus", "1"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "sbjax run: error: --ray-gpus, --ray-cpus and --ray-retries go with --ray ADDRESS")
