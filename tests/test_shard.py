@@ -1,5 +1,9 @@
 """``--shard I/N``: N disjoint parts that cover a sweep, the same on every run, and their union is the sweep."""
 
+import os
+import subprocess
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -70,3 +74,18 @@ def test_a_bad_shard_is_one_clear_error(tmp_path, capsys, text, message):
 def test_parse_accepts_i_of_n():
     assert shard_lib.parse("1/1") == (1, 1)
     assert shard_lib.parse(" 3 / 12 ") == (3, 12)
+
+
+def test_the_slurm_array_example_runs_each_shard_once():
+    """examples/slurm_array.sh (as docs/cluster.md shows it), with `sbjax` stubbed: array tasks 0..7 run shards 1..8 of 8."""
+    root = Path(__file__).parent.parent
+    script = (root / "examples" / "slurm_array.sh").read_text()
+    assert script in (root / "docs" / "cluster.md").read_text()
+    assert script in (root / "README.md").read_text()
+    shards = []
+    for task in range(8):
+        env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_TASK_COUNT="8")
+        stub = 'sbjax() { while [ "$1" != --shard ]; do shift; done; echo "$2"; }\n'
+        done = subprocess.run(["bash", "-c", stub + script], env=env, capture_output=True, text=True, check=True)
+        shards.append(shard_lib.parse(done.stdout.strip()))
+    assert shards == [(i, 8) for i in range(1, 9)]
