@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sbjax import cli
+from sbjax import cli, experiment, results
 from sbjax import config as config_lib
 from sbjax.launch import ray_sweep
 from sbjax.setups import resolve_all
@@ -37,9 +37,10 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
-    """The sweep without Ray, through the command: its folder."""
+    """The sweep without Ray, and its results.csv (``sbjax results``): its folder."""
     folder = tmp_path_factory.mktemp("local")
-    assert cli.main(["run", *ARGS, "--results", str(folder)]) == 0
+    experiment.run_sweep(config_lib.load_sweep(None, SETS), folder, log=lambda _: None)
+    assert cli.main(["results", str(folder)]) == 0
     return folder
 
 
@@ -112,6 +113,17 @@ def test_ray_sweep_with_a_worker_killed_equals_the_local_sweep(cluster, local, t
     rows = ray_sweep.run_sweep_ray(sweep, tmp_path, log=lines.append)  # a rerun skips what is finished
     assert lines == ["ray: every experiment is finished, nothing to run"] and len(rows) == 3
     assert {p: p.read_bytes() for p in tmp_path.glob("*/result.json")} == before
+
+
+def test_models_per_job_groups_run_as_one_task_each_with_the_local_rows(cluster, local, tmp_path):
+    sweep = config_lib.load_sweep(None, [*SETS, "models_per_job=2"])
+    lines = []
+    ray_sweep.run_sweep_ray(sweep, tmp_path, ray_sweep.RayOptions(scratch=str(tmp_path / "scratch")), log=lines.append)
+    assert lines[0].startswith("ray: 2 jobs (3 experiments) on a cluster of 2 CPUs")
+    tables = [results.aggregate(results.Store.open(f).rows()).drop(columns=["wall_time"]) for f in (tmp_path, local)]
+    pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)
+    scratch = tmp_path / "scratch" / "sbjax-ray"
+    assert scratch.is_dir() and not list(scratch.iterdir()), "the workers' spent epoch checkpoints are removed"
 
 
 def test_a_bad_setting_in_a_task_raises_its_own_error(cluster, tmp_path):

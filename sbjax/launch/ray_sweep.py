@@ -135,7 +135,7 @@ def _run(ray, store: Store, sweep: SweepConfig, experiments: Sequence[Experiment
     pending = {task.remote(first[setup_key(job[0])], compressions, job, options.scratch): job for job in todo}
     resources = ray.cluster_resources()
     log(f"ray: {len(todo)} jobs ({sum(map(len, todo))} experiments) on a cluster of {resources.get('CPU', 0):g} CPUs "
-        f"and {resources.get('GPU', 0):g} GPUs, {task_gpus(ray, options):g} GPUs and {options.cpus:g} CPUs per task")  # fmt: skip
+        f"and {resources.get('GPU', 0):g} GPUs, {_task_gpus(ray, options):g} GPUs and {options.cpus:g} CPUs per task")  # fmt: skip
     finished = 0
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
@@ -176,7 +176,7 @@ def _failure(ray, store, pending, labels, log, job, error, options) -> Exception
     return RuntimeError(f"{names}: its Ray task failed after {options.max_retries} retries: {error}")
 
 
-def task_gpus(ray, options: RayOptions) -> float:
+def _task_gpus(ray, options: RayOptions) -> float:
     """The GPUs each task asks for: ``options.gpus``, else 1 on a cluster with GPUs and 0 without."""
     if options.gpus is not None:
         return float(options.gpus)
@@ -184,7 +184,7 @@ def task_gpus(ray, options: RayOptions) -> float:
 
 
 def _task(ray, options: RayOptions):
-    gpus = task_gpus(ray, options)
+    gpus = _task_gpus(ray, options)
     extra = {}
     if 0 < gpus < 1:  # several tasks share a GPU: each takes memory as it needs it
         extra["runtime_env"] = {"env_vars": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}}
