@@ -158,3 +158,14 @@ def test_ray_flags_go_with_ray(tmp_path, capsys):
     assert cli.main(["run", *ARGS, "--results", str(tmp_path), "--ray-gpus", "1"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         "sbjax run: error: --ray-gpus, --ray-cpus and --ray-retries go with --ray ADDRESS")
+
+
+def test_gpu_tasks_end_their_worker_after_each_job():
+    """JAX binds a process to its first GPU: a GPU job's worker is not reused, a CPU job's is."""
+    ray = pytest.importorskip("ray", reason="the Ray sweep needs the optional extra: pip install 'sbjax[ray]'")
+    options = {g: ray_sweep._task(ray, ray_sweep.RayOptions(gpus=g, cpus=2, max_retries=5))._default_options
+               for g in (0, 1, 0.5)}  # fmt: skip
+    assert options[0] == {"num_gpus": 0.0, "num_cpus": 2.0, "max_retries": 5, "max_calls": 0}
+    assert options[1] == {"num_gpus": 1.0, "num_cpus": 2.0, "max_retries": 5, "max_calls": 1}
+    assert options[0.5] == {"num_gpus": 0.5, "num_cpus": 2.0, "max_retries": 5, "max_calls": 1,
+                            "runtime_env": {"env_vars": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}}}  # fmt: skip

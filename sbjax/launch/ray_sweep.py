@@ -184,12 +184,14 @@ def _task_gpus(ray, options: RayOptions) -> float:
 
 
 def _task(ray, options: RayOptions):
+    """The remote job. A GPU task's worker process ends after its job (``max_calls=1``): JAX binds a
+    process to the GPU it first sees, and Ray may give the worker's next task another one."""
     gpus = _task_gpus(ray, options)
     extra = {}
     if 0 < gpus < 1:  # several tasks share a GPU: each takes memory as it needs it
         extra["runtime_env"] = {"env_vars": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}}
-    return ray.remote(sbjax_job).options(num_gpus=gpus, num_cpus=options.cpus, max_retries=options.max_retries,
-                                         **extra)  # fmt: skip
+    return ray.remote(num_gpus=gpus, num_cpus=options.cpus, max_retries=options.max_retries,
+                      max_calls=1 if gpus > 0 else 0, **extra)(sbjax_job)  # fmt: skip
 
 
 def sbjax_job(setup_config: ExperimentConfig, compressions: tuple[float, ...], configs: list[ExperimentConfig],
