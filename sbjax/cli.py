@@ -251,8 +251,8 @@ def _add_run(subparsers) -> None:
                    "machine, HOST:PORT (or 'auto') joins a running cluster; needs sbjax[ray]")
     p.add_argument("--ray-gpus", type=float, metavar="N", help="with --ray: GPUs per job (default: 1 if the cluster "
                    "has GPUs, else 0; a fraction shares a GPU)")
-    p.add_argument("--ray-cpus", type=float, default=1.0, metavar="N", help="with --ray: CPUs per job (default 1)")
-    p.add_argument("--ray-retries", type=int, default=3, metavar="N",
+    p.add_argument("--ray-cpus", type=float, metavar="N", help="with --ray: CPUs per job (default 1)")
+    p.add_argument("--ray-retries", type=int, metavar="N",
                    help="with --ray: reruns of a job whose worker died (default 3)")
     p.set_defaults(func=_cmd_run)
 
@@ -269,9 +269,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from sbjax.launch import ray_sweep
 
-        options = ray_sweep.RayOptions(args.ray, gpus=args.ray_gpus, cpus=args.ray_cpus, max_retries=args.ray_retries)
+        given = dict(gpus=args.ray_gpus, cpus=args.ray_cpus, max_retries=args.ray_retries)
+        options = ray_sweep.RayOptions(args.ray, **{k: v for k, v in given.items() if v is not None})
         ray_sweep.run_sweep_ray(sweep, folder, options, shard=shard)
-    elif args.ray_gpus is not None or args.ray_cpus != 1.0 or args.ray_retries != 3:
+    elif (args.ray_gpus, args.ray_cpus, args.ray_retries) != (None, None, None):
         raise UserError("--ray-gpus, --ray-cpus and --ray-retries go with --ray ADDRESS")
     else:
         experiment.run_sweep(sweep, folder, shard=shard)

@@ -49,9 +49,9 @@ from sbjax import schedules as schedules_lib
 from sbjax import stacked
 from sbjax.epochs import EpochStore, variables_of
 from sbjax.finetune import MaskUpdates, finetune_many, total_steps
+from sbjax.launch.shard import select as select_shard
 from sbjax.optim import FinetuneConfig, make_optimizer
 from sbjax.schedules import Context
-from sbjax.launch.shard import select as select_shard
 from sbjax.results import Store
 from sbjax.seeds import experiment_keys
 from sbjax.setups import NO_DATA, Setup, prepare, resolve, resolve_all, setup_key

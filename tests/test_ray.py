@@ -155,7 +155,7 @@ def test_the_plain_install_needs_no_ray(tmp_path):
 
 
 def test_ray_flags_go_with_ray(tmp_path, capsys):
-    assert cli.main(["run", *ARGS, "--results", str(tmp_path), "--ray-gpus", "1"]) == 2
+    assert cli.main(["run", *ARGS, "--results", str(tmp_path), "--ray-cpus", "1"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         "sbjax run: error: --ray-gpus, --ray-cpus and --ray-retries go with --ray ADDRESS")
 
