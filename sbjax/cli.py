@@ -245,16 +245,37 @@ def _add_run(subparsers) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, JSON-parsed: seeds=[0,1], finetune.epochs=2 (repeatable)")
     p.add_argument("--results", help="results folder (default: results/<config name>)")
+    p.add_argument("--shard", metavar="I/N", help="run only the I-th of N disjoint parts of the sweep (a SLURM array "
+                   "task: --shard $((SLURM_ARRAY_TASK_ID+1))/$SLURM_ARRAY_TASK_COUNT); every N-th job, from job I-1 on")
+    p.add_argument("--ray", metavar="ADDRESS", help="run the jobs as Ray tasks: 'local' starts a Ray instance of this "
+                   "machine, HOST:PORT (or 'auto') joins a running cluster; needs sbjax[ray]")
+    p.add_argument("--ray-gpus", type=float, metavar="N", help="with --ray: GPUs per job (default: 1 if the cluster "
+                   "has GPUs, else 0; a fraction shares a GPU)")
+    p.add_argument("--ray-cpus", type=float, metavar="N", help="with --ray: CPUs per job (default 1)")
+    p.add_argument("--ray-retries", type=int, metavar="N",
+                   help="with --ray: reruns of a job whose worker died (default 3)")
     p.set_defaults(func=_cmd_run)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from sbjax import config, experiment
+    from sbjax.launch import shard as shard_lib
 
     sweep = config.load_sweep(args.config, args.sets)
     folder = args.results or f"results/{sweep.name}"
-    print(f"sbjax run: {len(sweep.experiments())} experiments of {sweep.name!r} into {folder}", file=sys.stderr)
-    experiment.run_sweep(sweep, folder)
+    shard = None if args.shard is None else shard_lib.parse(args.shard)
+    part = "" if shard is None else f" (shard {shard[0]}/{shard[1]})"
+    print(f"sbjax run: {len(sweep.experiments())} experiments of {sweep.name!r}{part} into {folder}", file=sys.stderr)
+    if args.ray is not None:
+        from sbjax.launch import ray_sweep
+
+        given = dict(gpus=args.ray_gpus, cpus=args.ray_cpus, max_retries=args.ray_retries)
+        options = ray_sweep.RayOptions(args.ray, **{k: v for k, v in given.items() if v is not None})
+        ray_sweep.run_sweep_ray(sweep, folder, options, shard=shard)
+    elif (args.ray_gpus, args.ray_cpus, args.ray_retries) != (None, None, None):
+        raise UserError("--ray-gpus, --ray-cpus and --ray-retries go with --ray ADDRESS")
+    else:
+        experiment.run_sweep(sweep, folder, shard=shard)
     return _report(folder, plot=True)
 
 

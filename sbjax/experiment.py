@@ -48,14 +48,15 @@ from sbjax import schedules as schedules_lib
 from sbjax import stacked
 from sbjax.epochs import EpochStore, variables_of
 from sbjax.finetune import MaskUpdates, finetune_many, total_steps
+from sbjax.launch.shard import select as select_shard
 from sbjax.optim import FinetuneConfig, make_optimizer
 from sbjax.schedules import Context
 from sbjax.results import Store
 from sbjax.seeds import experiment_keys
 from sbjax.setups import NO_DATA, Setup, prepare, resolve, resolve_all, setup_key
 
-__all__ = ["Setup", "checkpoint_dir", "finetune_config", "make_mask", "prepare", "resolve", "run_experiment",
-           "run_experiments", "run_sweep"]
+__all__ = ["Setup", "checkpoint_dir", "finetune_config", "jobs", "make_mask", "plan", "prepare", "prepare_checked",
+           "record", "resolve", "run_experiment", "run_experiments", "run_job", "run_sweep"]
 
 Mask = Any
 Variables = dict[str, Any]
@@ -475,7 +476,7 @@ def validate(sweep: SweepConfig) -> None:
         data_lib.get_spec(name, local=sweep.data_dir is not None)
 
 
-def _chunks(experiments: Sequence[ExperimentConfig], size: int) -> list[list[ExperimentConfig]]:
+def jobs(experiments: Sequence[ExperimentConfig], size: int) -> list[list[ExperimentConfig]]:
     """Experiments in jobs of at most ``size`` that share a setup, a finetuning setup and a schedule.
 
     Jobs follow the first appearance of their group in the grid, so the experiments of one setup
@@ -487,12 +488,16 @@ def _chunks(experiments: Sequence[ExperimentConfig], size: int) -> list[list[Exp
     return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
+_chunks = jobs  # the former name
+
+
 def _label(config: ExperimentConfig, i: int, n: int) -> str:
     schedule = "" if config.schedule == schedules_lib.DEFAULT else f" {config.schedule.describe()}"
     return f"[{i}/{n}] {config.model} {config.strategy}{schedule} x{config.compression:g} seed {config.seed}"
 
 
-def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, log: Callable[[str], None] | None = None) -> list[dict]:
+def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, log: Callable[[str], None] | None = None,
+              shard: tuple[int, int] | None = None) -> list[dict]:  # fmt: skip
     """Runs every unfinished experiment of ``sweep`` into ``results_dir``; returns all finished rows.
 
     Finished experiments are skipped; an experiment another process is running is skipped too,
@@ -500,24 +505,15 @@ def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, log: Callable[[str
     line at the start (their rows stay apart by their settings columns). Each result is written
     as soon as it exists. With ``sweep.models_per_job`` K > 1, up to K
     experiments that share a model, a finetuning setup and a schedule are trained together
-    (``sbjax.finetune.finetune_many``), with rows equal to those of one-by-one runs.
+    (``sbjax.finetune.finetune_many``), with rows equal to those of one-by-one runs. With
+    ``shard`` ``(I, N)``, only the I-th of N disjoint parts of the sweep runs
+    (:func:`sbjax.launch.shard.select`).
     """
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-    validate(sweep)
     store = Store(results_dir)
-    experiments = resolve_all(sweep.experiments())
-    labels = {config.id: _label(config, i, len(experiments)) for i, config in enumerate(experiments, 1)}
-    other = _other_settings(store, experiments)
-    if other:
-        log(other)
-    todo = []
-    for config in experiments:
-        if store.is_done(config.id):
-            store.tidy(config.id)  # a process killed after its result may have left its resume state and lock
-        else:
-            todo.append(config)
+    experiments, labels = plan(sweep, store, log, shard)
     setups: dict[tuple, Setup] = {}
-    for chunk in _chunks(todo, sweep.models_per_job):
+    for chunk in jobs([c for c in experiments if not store.is_done(c.id)], sweep.models_per_job):
         with contextlib.ExitStack() as claims:
             mine = []
             for config in chunk:
@@ -533,6 +529,28 @@ def run_sweep(sweep: SweepConfig, results_dir: str | Path, *, log: Callable[[str
     if left:
         log(f"left {_count(len(left), 'experiment')} to other processes: {'; '.join(left)}")
     return store.rows()
+
+
+def plan(sweep: SweepConfig, store: Store, log: Callable[[str], None],
+         shard: tuple[int, int] | None = None) -> tuple[list[ExperimentConfig], dict[str, str]]:  # fmt: skip
+    """The resolved experiments a sweep runs (its ``shard``'s, or all) and every experiment's log label.
+
+    Checks the sweep's names first, and logs one line if ``store`` holds results of other settings.
+    Labels number the whole sweep's experiments, a shard's too. A finished experiment's leftovers
+    (resume state and a stale lock of a process killed after its result) are removed.
+    """
+    validate(sweep)
+    experiments = resolve_all(sweep.experiments())
+    for config in experiments:
+        if store.is_done(config.id):
+            store.tidy(config.id)
+    labels = {config.id: _label(config, i, len(experiments)) for i, config in enumerate(experiments, 1)}
+    other = _other_settings(store, experiments)
+    if other:
+        log(other)
+    if shard is not None:
+        experiments = select_shard(jobs(experiments, sweep.models_per_job), shard)
+    return experiments, labels
 
 
 def _count(n: int, noun: str) -> str:
@@ -562,24 +580,44 @@ def _setup(setups: dict[tuple, Setup], config: ExperimentConfig, sweep: SweepCon
     key = setup_key(config)
     if key not in setups:
         setups.clear()
-        setups[key] = prepare(config)
-        _check_reachable(setups[key], config, sweep.compressions)
+        setups[key] = prepare_checked(config, sweep.compressions)
     return setups[key]
+
+
+def prepare_checked(config: ExperimentConfig, compressions: Sequence[float]) -> Setup:
+    """The setup of ``config`` (``sbjax.setups.prepare``), checked to reach every compression of its sweep."""
+    setup = prepare(config)
+    _check_reachable(setup, config, compressions)
+    return setup
 
 
 def _run_job(store, setup: Setup, configs: list[ExperimentConfig], labels: dict[str, str], log) -> None:
     """Runs claimed experiments (alone, or together when several) and writes each row."""
     for config in configs:
         store.write_config(config.id, config.to_dict())
+    record(store, configs, run_job(setup, configs, store.folder(configs[0].id)), labels, log)
+    for config in configs:
+        store.remove_resume_state(config.id)
+
+
+def run_job(setup: Setup, configs: Sequence[ExperimentConfig], folder: Path | None) -> list[dict[str, Any]]:
+    """The rows (each with its ``"history"``) of one job's experiments, alone or trained together.
+
+    Training checkpoints go under ``folder`` (the first experiment's folder of a results store,
+    or any other), so a killed job resumes with them; nothing else is written.
+    """
     if len(configs) == 1:
-        rows = [run_experiment(setup, configs[0], store.folder(configs[0].id))]
-    else:
-        digest = hashlib.sha256(" ".join(c.id for c in configs).encode()).hexdigest()[:8]
-        rows = run_experiments(setup, configs, store.folder(configs[0].id) / f"finetune-{digest}")
+        return [run_experiment(setup, configs[0], folder)]
+    digest = hashlib.sha256(" ".join(c.id for c in configs).encode()).hexdigest()[:8]
+    return run_experiments(setup, configs, None if folder is None else folder / f"finetune-{digest}")
+
+
+def record(store: Store, configs: Sequence[ExperimentConfig], rows: Sequence[dict[str, Any]], labels: dict[str, str],
+           log: Callable[[str], None]) -> None:  # fmt: skip
+    """Writes each experiment's epoch log and result row (:func:`run_job`'s rows) and logs one line each."""
     for config, row in zip(configs, rows):
+        row = dict(row)
         store.write_log(config.id, row.pop("history"))
         store.write_result(config.id, row)
         log(f"{labels[config.id]}: top1 {row['pre_top1']:.4f} -> {row['top1']:.4f}, speedup {row['speedup']:.2f}, "
             f"{row['wall_time']:.1f}s")  # fmt: skip
-    for config in configs:
-        store.remove_resume_state(config.id)
