@@ -1,0 +1,78 @@
+"""Data-parallel train and eval steps on N simulated CPU devices, written to an ``.npz`` file.
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python parallel_run.py OUT.npz
+
+For each run (``plain``: no mesh; ``mesh1``: a mesh of one device; ``meshN``: a mesh of every
+device) it saves the losses of three masked SGD steps, the final params and batch statistics,
+the eval sums of a padded batch, and how the arrays were placed; then the history and the
+selected variables of a short finetuning run without a mesh and on every device.
+"""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from finetune_run import split, train_transform, transform
+from sbjax import parallel, strategies, train
+from sbjax.finetune import finetune
+from sbjax.optim import FinetuneConfig, OptimizerConfig
+from train_fixtures import TinyNet, batches, make_tiny
+
+
+def run(mesh, model, variables, mask, data):
+    tx = optax.sgd(0.1, momentum=0.9)
+    step = train.make_train_step(train.make_loss_fn(model), tx, mesh=mesh)
+    eval_step = train.make_eval_step(train.make_predict_fn(model), mesh=mesh)
+    state = train.init_state(variables["params"], variables["batch_stats"], mask, tx)
+    out, losses = {}, []
+    for i, (x, y) in enumerate(data):
+        if mesh is not None:
+            x, y = parallel.shard_batch((x, y), mesh)
+            out["per_device_rows"] = np.asarray(x.addressable_shards[0].data.shape[0])
+        state, metrics = step(state, x, y, jax.random.key(i))
+        losses.append(metrics["loss"])
+    x, y = data[0]
+    valid = jnp.arange(8) < 5
+    sums = eval_step(state.params, state.batch_stats, x, y, valid)
+    out |= {"losses": np.asarray(losses), "state_devices": np.asarray(len(jax.tree.leaves(state.params)[0].sharding.device_set))}
+    out |= {f"params/{jax.tree_util.keystr(p)}": np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(state.params)}
+    out |= {f"stats/{jax.tree_util.keystr(p)}": np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(state.batch_stats)}
+    out |= {f"eval/{k}": np.asarray(v) for k, v in sums.items()}
+    return out
+
+
+def finetuned(mesh) -> dict[str, np.ndarray]:
+    """Two epochs of the finetuning loop (batch 16, validation on 40 examples) on ``mesh``."""
+    model = TinyNet(num_classes=4)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    mask = strategies.random(variables["params"], None, 0.5, key=jax.random.key(1))
+    settings = FinetuneConfig(16, 2, OptimizerConfig("sgd", lr=0.05, momentum=0.9, nesterov=True))
+    result = finetune(model, variables, mask, split(1, 96), split(2, 40), settings, jax.random.key(7),
+                      transform_train=train_transform, transform_eval=transform, mesh=mesh, log=lambda line: None)
+    out = {f"history/{k}": np.asarray([row[k] for row in result.history]) for k in ("train_loss", "val_loss", "val_top1")}
+    leaves = jax.tree_util.tree_leaves_with_path(result.variables)
+    return out | {f"variables/{jax.tree_util.keystr(p)}": np.asarray(v) for p, v in leaves}
+
+
+def main(path: str) -> None:
+    model, variables, mask, _, _ = make_tiny()
+    data = batches(3, seed=5)
+    runs = {"plain": None, "mesh1": parallel.data_mesh(jax.devices()[:1]), "meshN": parallel.data_mesh(jax.devices())}
+    saved = {"devices": np.asarray(jax.device_count())}
+    for name, mesh in runs.items():
+        saved |= {f"{name}:{k}": v for k, v in run(mesh, model, variables, mask, data).items()}
+    for name, mesh in (("plain", None), ("meshN", runs["meshN"])):
+        saved |= {f"{name}:finetune/{k}": v for k, v in finetuned(mesh).items()}
+    try:
+        train.make_train_step(train.make_loss_fn(model), optax.sgd(0.1), mesh=runs["meshN"])(
+            train.init_state(variables["params"], variables["batch_stats"], mask, optax.sgd(0.1)), *batches(1, 0, (6, 8, 8, 3))[0])
+    except ValueError as error:
+        saved["uneven_error"] = np.asarray(str(error))
+    np.savez(path, **saved)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
