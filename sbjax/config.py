@@ -177,7 +177,8 @@ def _check_latency(latency: int | None) -> None:
 
 def _check_precision(precision: str) -> None:
     if precision not in precision_lib.PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(map(repr, precision_lib.PRECISIONS))}, got {precision!r}")
+        choices = ", ".join(map(repr, precision_lib.PRECISIONS))
+        raise ConfigError(f"precision must be one of {choices}, got {precision!r}")
 
 
 def _check_nm(nm: str | None, strategy: str) -> str | None:

@@ -210,7 +210,8 @@ def _structured(config: ExperimentConfig) -> bool:
     return isinstance(getattr(strategies.resolve(config.strategy), "scope", None), strategies.Groups)
 
 
-def accuracy(setup: Setup, variables: Variables, data: data_lib.ImageData, precision: str = "float32") -> dict[str, float]:
+def accuracy(setup: Setup, variables: Variables, data: data_lib.ImageData,
+             precision: str = "float32") -> dict[str, float]:  # fmt: skip
     """top-1, top-5 and mean loss over every example of ``data``, with the setup's step and transform
     (computed in ``precision``)."""
     eval_step = setup.eval_step if precision == "float32" else train_lib.eval_step_for(setup.model, precision)

@@ -21,7 +21,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 T = TypeVar("T")
 DATA_AXIS = "data"
 
-__all__ = ["DATA_AXIS", "batch_sharding", "check_batch", "data_mesh", "jit_over_data", "replicate", "replicated", "shard_batch"]
+__all__ = [
+    "DATA_AXIS",
+    "batch_sharding",
+    "check_batch",
+    "data_mesh",
+    "jit_over_data",
+    "replicate",
+    "replicated",
+    "shard_batch",
+]
 
 
 def data_mesh(devices: Sequence[jax.Device]) -> Mesh:

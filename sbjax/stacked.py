@@ -157,7 +157,8 @@ def make_stacked_step(
         ``x`` (K, B, ...), ``y`` (K, B), ``key`` (K,) and of the metrics has the model axis first.
     """
     one = make_train_step(loss_fn, tx, jit=False)
-    run = _over_models(one, _check_data_mesh(_resolve(execution, mesh), data_mesh), (True, True, True, True), mesh)
+    execution = _check_data_mesh(_resolve(execution, mesh), data_mesh)
+    run = _over_models(one, execution, (True, True, True, True), mesh)
 
     def step(state, x, y, key=None):
         return run(state, x, y, key)
@@ -178,7 +179,8 @@ def make_stacked_eval_step(
         stats stacked (K, ...), one batch ``x`` (B, ...) for all models, and sums of shape (K,).
     """
     one = make_eval_step(predict_fn, jit=False)
-    run = _over_models(one, _check_data_mesh(_resolve(execution, mesh), data_mesh), (True, True, False, False, False), mesh)
+    execution = _check_data_mesh(_resolve(execution, mesh), data_mesh)
+    run = _over_models(one, execution, (True, True, False, False, False), mesh)
 
     def eval_step(params, batch_stats, x, y, valid=None):
         return run(params, batch_stats, x, y, valid)

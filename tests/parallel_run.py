@@ -22,6 +22,10 @@ from sbjax.optim import FinetuneConfig, OptimizerConfig
 from train_fixtures import TinyNet, batches, make_tiny
 
 
+def flat(prefix, tree):
+    return {f"{prefix}/{jax.tree_util.keystr(p)}": np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def run(mesh, model, variables, mask, data):
     tx = optax.sgd(0.1, momentum=0.9)
     step = train.make_train_step(train.make_loss_fn(model), tx, mesh=mesh)
@@ -37,9 +41,9 @@ def run(mesh, model, variables, mask, data):
     x, y = data[0]
     valid = jnp.arange(8) < 5
     sums = eval_step(state.params, state.batch_stats, x, y, valid)
-    out |= {"losses": np.asarray(losses), "state_devices": np.asarray(len(jax.tree.leaves(state.params)[0].sharding.device_set))}
-    out |= {f"params/{jax.tree_util.keystr(p)}": np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(state.params)}
-    out |= {f"stats/{jax.tree_util.keystr(p)}": np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(state.batch_stats)}
+    out["losses"] = np.asarray(losses)
+    out["state_devices"] = np.asarray(len(jax.tree.leaves(state.params)[0].sharding.device_set))
+    out |= flat("params", state.params) | flat("stats", state.batch_stats)
     out |= {f"eval/{k}": np.asarray(v) for k, v in sums.items()}
     return out
 
@@ -52,9 +56,8 @@ def finetuned(mesh) -> dict[str, np.ndarray]:
     settings = FinetuneConfig(16, 2, OptimizerConfig("sgd", lr=0.05, momentum=0.9, nesterov=True))
     result = finetune(model, variables, mask, split(1, 96), split(2, 40), settings, jax.random.key(7),
                       transform_train=train_transform, transform_eval=transform, mesh=mesh, log=lambda line: None)
-    out = {f"history/{k}": np.asarray([row[k] for row in result.history]) for k in ("train_loss", "val_loss", "val_top1")}
-    leaves = jax.tree_util.tree_leaves_with_path(result.variables)
-    return out | {f"variables/{jax.tree_util.keystr(p)}": np.asarray(v) for p, v in leaves}
+    columns = ("train_loss", "val_loss", "val_top1")
+    return {f"history/{k}": np.asarray([row[k] for row in result.history]) for k in columns} | flat("variables", result.variables)
 
 
 def main(path: str) -> None:
@@ -66,9 +69,11 @@ def main(path: str) -> None:
         saved |= {f"{name}:{k}": v for k, v in run(mesh, model, variables, mask, data).items()}
     for name, mesh in (("plain", None), ("meshN", runs["meshN"])):
         saved |= {f"{name}:finetune/{k}": v for k, v in finetuned(mesh).items()}
+    tx = optax.sgd(0.1)
+    step = train.make_train_step(train.make_loss_fn(model), tx, mesh=runs["meshN"])
+    state = train.init_state(variables["params"], variables["batch_stats"], mask, tx)
     try:
-        train.make_train_step(train.make_loss_fn(model), optax.sgd(0.1), mesh=runs["meshN"])(
-            train.init_state(variables["params"], variables["batch_stats"], mask, optax.sgd(0.1)), *batches(1, 0, (6, 8, 8, 3))[0])
+        step(state, *batches(1, 0, (6, 8, 8, 3))[0])  # 6 rows over 4 devices
     except ValueError as error:
         saved["uneven_error"] = np.asarray(str(error))
     np.savez(path, **saved)
