@@ -23,6 +23,13 @@ def test_check_precision_names_the_value_and_the_choices():
         precision.check_precision("float16")
 
 
+def test_doctests():
+    import doctest
+
+    result = doctest.testmod(precision)
+    assert result.attempted == 1 and result.failed == 0
+
+
 def test_cast_floating_keeps_integer_and_key_leaves():
     tree = {"w": jnp.ones(2), "n": jnp.arange(2), "k": jax.random.key(0)}
     out = precision.cast_floating(tree, jnp.bfloat16)
@@ -137,3 +144,10 @@ def test_a_sweeps_precision_reaches_every_experiment():
     sweep = SweepConfig(("mnist5k",), ("mlp",), ("random",), (1, 2), (0, 1), precision="bfloat16")
     assert {e.precision for e in sweep.experiments()} == {"bfloat16"} and len(sweep.experiments()) == 4
     assert {e.precision for e in SweepConfig(("mnist5k",), ("mlp",), ("random",), (1, 2), (0,)).experiments()} == {"float32"}
+
+
+def test_eval_step_for_is_one_step_per_model_precision_and_mesh():
+    model, *_ = make_tiny()
+    assert train.eval_step_for(model) is train.eval_step_for(model, "float32", None)
+    assert train.eval_step_for(model, "bfloat16") is train.eval_step_for(model, precision="bfloat16")
+    assert train.eval_step_for(model, "bfloat16") is not train.eval_step_for(model)
