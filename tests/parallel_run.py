@@ -4,8 +4,9 @@
 
 For each run (``plain``: no mesh; ``mesh1``: a mesh of one device; ``meshN``: a mesh of every
 device) it saves the losses of three masked SGD steps, the final params and batch statistics,
-the eval sums of a padded batch, and how the arrays were placed; then the history and the
-selected variables of a short finetuning run without a mesh and on every device.
+the eval sums of a padded batch, and how the arrays were placed; then, without a mesh and on
+every device, the params and eval sums of two stacked models after two steps, and the history
+and the selected variables of a short finetuning run.
 """
 
 import sys
@@ -16,7 +17,7 @@ import numpy as np
 import optax
 
 from finetune_run import split, train_transform, transform
-from sbjax import parallel, strategies, train
+from sbjax import parallel, stacked, strategies, train
 from sbjax.finetune import finetune
 from sbjax.optim import FinetuneConfig, OptimizerConfig
 from train_fixtures import TinyNet, batches, make_tiny
@@ -48,6 +49,21 @@ def run(mesh, model, variables, mask, data):
     return out
 
 
+def stacked_run(mesh, model, variables, mask, data):
+    """Two models stacked (sequential execution), two steps on their own batches, then eval sums."""
+    tx = optax.sgd(0.1, momentum=0.9)
+    step = stacked.make_stacked_step(train.make_loss_fn(model), tx, "sequential", data_mesh=mesh)
+    eval_step = stacked.make_stacked_eval_step(train.make_predict_fn(model), "sequential", data_mesh=mesh)
+    one = train.init_state(variables["params"], variables["batch_stats"], mask, tx)
+    state = stacked.stack([one, one])
+    for i in range(2):
+        x, y = (jnp.stack(parts) for parts in zip(data[i], data[i + 1]))
+        state, _ = step(state, x, y, jax.random.split(jax.random.key(i), 2))
+    x, y = data[0]
+    sums = eval_step(state.params, state.batch_stats, x, y, jnp.arange(8) < 6)
+    return flat("params", state.params) | {f"eval/{k}": np.asarray(v) for k, v in sums.items()}
+
+
 def finetuned(mesh) -> dict[str, np.ndarray]:
     """Two epochs of the finetuning loop (batch 16, validation on 40 examples) on ``mesh``."""
     model = TinyNet(num_classes=4)
@@ -68,6 +84,7 @@ def main(path: str) -> None:
     for name, mesh in runs.items():
         saved |= {f"{name}:{k}": v for k, v in run(mesh, model, variables, mask, data).items()}
     for name, mesh in (("plain", None), ("meshN", runs["meshN"])):
+        saved |= {f"{name}:stacked/{k}": v for k, v in stacked_run(mesh, model, variables, mask, data).items()}
         saved |= {f"{name}:finetune/{k}": v for k, v in finetuned(mesh).items()}
     tx = optax.sgd(0.1)
     step = train.make_train_step(train.make_loss_fn(model), tx, mesh=runs["meshN"])

@@ -35,6 +35,11 @@ def _keys(runs, name):
     return sorted(k.split(":", 1)[1] for k in runs if k.startswith(name + ":"))
 
 
+def _step_keys(runs):
+    """The results of the plain step runs (not the stacked or finetuning ones, not placements)."""
+    return [k for k in _keys(runs, "plain") if not k.startswith(("finetune/", "stacked/")) and k != "state_devices"]
+
+
 def test_four_devices_split_the_batch_and_replicate_the_state(runs):
     assert runs["devices"] == 4
     assert runs["meshN:per_device_rows"] == 2 and runs["mesh1:per_device_rows"] == 8
@@ -42,7 +47,7 @@ def test_four_devices_split_the_batch_and_replicate_the_state(runs):
 
 
 def test_one_device_mesh_is_bitwise_the_plain_step(runs):
-    keys = [k for k in _keys(runs, "plain") if not k.startswith("finetune/") and k != "state_devices"]
+    keys = _step_keys(runs)
     assert len(keys) == 2 + 7 + 2 + 4 - 1  # losses, 7 params, 2 statistics, 4 eval sums
     for key in keys:
         np.testing.assert_array_equal(runs[f"mesh1:{key}"], runs[f"plain:{key}"], err_msg=key)
@@ -50,12 +55,21 @@ def test_one_device_mesh_is_bitwise_the_plain_step(runs):
 
 def test_four_devices_equal_one_within_float_tolerance(runs):
     """Losses, params and batch-norm statistics (the global batch's) after 3 steps, eval sums."""
-    keys = [k for k in _keys(runs, "plain") if not k.startswith("finetune/") and k != "state_devices"]
+    keys = _step_keys(runs)
     for key in keys:
         np.testing.assert_allclose(runs[f"meshN:{key}"], runs[f"plain:{key}"], rtol=1e-5, atol=1e-6, err_msg=key)
     for key in ("eval/count", "eval/top1", "eval/top5"):
         assert runs[f"meshN:{key}"] == runs[f"plain:{key}"]
     assert runs["plain:eval/count"] == 5  # the padded rows are not counted
+
+
+def test_stacked_steps_on_four_devices_equal_one(runs):
+    keys = [k for k in _keys(runs, "plain") if k.startswith("stacked/")]
+    assert len(keys) == 7 + 4  # 7 params (2 models each), 4 eval sums
+    for key in keys:
+        np.testing.assert_allclose(runs[f"meshN:{key}"], runs[f"plain:{key}"], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert runs["plain:stacked/eval/count"].tolist() == [6, 6]
+    assert not np.array_equal(*runs["plain:stacked/params/['Dense_0']['kernel']"])  # two models, two batches
 
 
 def test_finetuning_loop_on_four_devices_equals_one(runs):
