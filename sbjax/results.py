@@ -337,7 +337,7 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
     An iterative experiment's earlier rounds (under ``"rounds"``) are rows too, each with its
     round's compression. Results written before schedules existed are ``oneshot`` round 1, those
-written before the precision setting ``float32``.
+    written before the precision setting ``float32``.
     """
     flat = [dict(r) for row in rows for r in (*row.get(ROUNDS, ()), row)]
     frame = pd.DataFrame(flat, columns=list(COLUMNS))

@@ -26,7 +26,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-
 from jax.sharding import Mesh
 
 from sbjax import parallel
