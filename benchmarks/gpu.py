@@ -43,19 +43,6 @@ def peak(dtype: str) -> float | None:
     return None
 
 
-def in_dtype(loss_fn, dtype):
-    """``loss_fn`` computing in ``dtype``: params and inputs cast, gradients back in float32."""
-    if dtype == "float32":
-        return loss_fn
-
-    def cast_loss(params, batch_stats, x, y, key=None):
-        low = jax.tree.map(lambda p: p.astype(dtype), params)
-        loss, (bs, logits) = loss_fn(low, batch_stats, x.astype(dtype), y, key)
-        return loss.astype(jnp.float32), (jax.tree.map(lambda a: a.astype(jnp.float32), bs), logits)
-
-    return cast_loss
-
-
 def timed(step, state, x, y, steps: int):
     """(compiled FLOPs per step, ``run() -> seconds``) with the step compiled and warmed up."""
     flops = step.lower(state, x, y).compile().cost_analysis()
@@ -88,7 +75,7 @@ def core_entries(args):
     y = jax.random.randint(jax.random.key(2), (args.batch,), 0, 10)
     out = {}
     for dtype in ("float32", "bfloat16"):
-        loss_fn = in_dtype(make_loss_fn(model), dtype)
+        loss_fn = make_loss_fn(model, precision=dtype)
         out[f"masked {dtype}"] = (*timed(make_train_step(loss_fn, tx), state, x, y, args.steps), args.batch, dtype)
         out[f"dense {dtype}"] = (*timed(make_dense_step(loss_fn, tx), state, x, y, args.steps), args.batch, dtype)
     return out
@@ -96,7 +83,7 @@ def core_entries(args):
 
 def models_entries(args, dtype):
     model, tx, state = setup(args.batch)
-    loss_fn = in_dtype(make_loss_fn(model), dtype)
+    loss_fn = make_loss_fn(model, precision=dtype)
     out = {}
     for execution, ks in (("vmap", args.ks), ("sequential", args.seq_ks)):
         for k in ks:

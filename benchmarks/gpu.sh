@@ -3,7 +3,9 @@
 # K = 1..32 vmapped vs sequential ResNet-20s, achieved fraction of peak FLOP/s, and PyTorch as
 # ShrinkBench when a CUDA PyTorch is installed; then, in under 4 more minutes, the measured
 # latency of slimmed (channel-pruned) ResNet-20/56 and MobileNetV2 (224x224) against their
-# theoretical speedup (benchmarks/slim_latency.py). Needs a Python with sbjax and jax[cuda]:
+# theoretical speedup (benchmarks/slim_latency.py); then, in under 4 more minutes, a ResNet-50
+# (224x224) train step in bfloat16 vs float32 compute on every GPU's data mesh
+# (benchmarks/parallel.py). Needs a Python with sbjax and jax[cuda]:
 #   PYTHON=/path/to/python benchmarks/gpu.sh [extra flags of benchmarks/gpu.py]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,3 +20,4 @@ nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv 2>/dev/null |
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 PYTHONPATH="benchmarks${PYTHONPATH:+:$PYTHONPATH}" timeout 290 "$python" benchmarks/gpu.py "$@"
 timeout 230 "$python" benchmarks/slim_latency.py --as-is --mobilenet-side 224 --batch 128 --repeats 30
+timeout 230 "$python" benchmarks/parallel.py --model resnet50 --batch 128 --steps 10 --rounds 3

@@ -382,8 +382,16 @@ def _add_eval(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=500, help="examples per forward pass (default 500)")
     p.add_argument("--subset", type=int, metavar="N",
                    help="evaluate a fixed class-balanced subset of N examples (a sweep's test_size)")
+    _add_precision(p, "the forward pass")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_eval)
+
+
+def _add_precision(p: argparse.ArgumentParser, what: str) -> None:
+    from sbjax.precision import DEFAULT, PRECISIONS
+
+    p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT,
+                   help=f"compute dtype of {what}: float32 (default) or bfloat16 over float32 weights (accelerators)")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -396,7 +404,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _model_name(args)
     result = evaluate_checkpoint(
         args.model, args.checkpoint, args.dataset, split=args.split, data_dir=args.data_dir,
-        tfds_data_dir=args.tfds_data_dir, batch_size=args.batch_size, subset=args.subset,
+        tfds_data_dir=args.tfds_data_dir, batch_size=args.batch_size, subset=args.subset, precision=args.precision,
     )
     if args.json:
         print(json.dumps(result))
@@ -592,6 +600,7 @@ def _add_train(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the initialization and batch order (default 0)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--force", action="store_true", help="overwrite an existing checkpoint folder")
+    _add_precision(p, "training and evaluation")
     p.set_defaults(func=_cmd_train)
 
 
@@ -605,7 +614,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if nested:
         raise UserError(f"--set takes finetune settings without a prefix, e.g. epochs=5; got {nested[0]}")
     experiment = config.ExperimentConfig(args.dataset, args.model, "none", 1, args.seed, data_dir=args.data_dir,
-                                         preset=args.preset, finetune={keys[0]: v for keys, v in overrides})  # fmt: skip
+                                         preset=args.preset, finetune={keys[0]: v for keys, v in overrides},
+                                         precision=args.precision)  # fmt: skip
     command = "sbjax " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     path, test = pretrain.pretrain(experiment, args.out, command=command, overwrite=args.force)
     print(f"test top1 {test['top1']:.4f} top5 {test['top5']:.4f} loss {test['loss']:.4f}")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from sbjax import optim
+from sbjax import precision as precision_lib
 from sbjax import schedules as schedules_lib
 from sbjax import strategies as strategies_lib
 
@@ -174,6 +175,12 @@ def _check_latency(latency: int | None) -> None:
         raise ConfigError(f"latency must be a positive batch size (128, say) or null, got {latency!r}")
 
 
+def _check_precision(precision: str) -> None:
+    if precision not in precision_lib.PRECISIONS:
+        choices = ", ".join(map(repr, precision_lib.PRECISIONS))
+        raise ConfigError(f"precision must be one of {choices}, got {precision!r}")
+
+
 def _check_nm(nm: str | None, strategy: str) -> str | None:
     """``nm`` as ``"N:M"``, or ``None`` where it is the strategy's own pattern; refused for other strategies."""
     if nm is None:
@@ -228,6 +235,9 @@ class ExperimentConfig:
             and the slimmed model (``sbjax.latency.slim_report``) at batch 1 and this batch,
             and ``measured_speedup``; ``None`` (default): no timing. Rows of channel
             strategies always report ``slim_params_total`` and ``slim_macs``.
+        precision: ``"float32"`` (default) or ``"bfloat16"``: the compute dtype of finetuning
+            and evaluation (``sbjax.precision``: float32 master weights, exact masks). Part of
+            the id only when not float32, so the ids of float32 results stay as they were.
     """
 
     dataset: str
@@ -248,11 +258,13 @@ class ExperimentConfig:
     data_fingerprint: str | None = None
     nm: str | None = None
     latency: int | None = None
+    precision: str = precision_lib.DEFAULT
 
     def __post_init__(self):
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "finetune"}
         _check_types(_hints(ExperimentConfig), values, paths=("checkpoint", "data_dir"))
         _check_latency(self.latency)
+        _check_precision(self.precision)
         object.__setattr__(self, "nm", _check_nm(self.nm, self.strategy))
         object.__setattr__(self, "finetune", _freeze(self.finetune))
         object.__setattr__(self, "schedule", _schedule(self.schedule))
@@ -297,6 +309,7 @@ class ExperimentConfig:
             finetune=dataclasses.asdict(settings),
             schedule=None if self.schedule == schedules_lib.DEFAULT else _schedule_identity(self.schedule),
             nm=self.nm, latency=self.latency,
+            precision=None if self.precision == precision_lib.DEFAULT else self.precision,
         )  # fmt: skip
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -320,7 +333,8 @@ class ExperimentConfig:
         flat = _flatten(dataclasses.asdict(self.settings), "finetune.")
         return flat | dict(val_size=self.val_size, test_size=self.test_size,
                            score_batch=self.score_batch or self.settings.batch_size, scoring=self.scoring,
-                           data_dir=None if self.data_dir is None else str(self.data_dir))  # fmt: skip
+                           data_dir=None if self.data_dir is None else str(self.data_dir),
+                           precision=self.precision)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """The fields, with the overrides as a mapping and the resolved settings."""
@@ -342,7 +356,7 @@ def _flatten(mapping: Mapping[str, Any], prefix: str) -> dict[str, Any]:
 
 def _setting_columns() -> tuple[str, ...]:
     fields = dataclasses.asdict(optim.FinetuneConfig())
-    return (*_flatten(fields, "finetune."), "val_size", "test_size", "score_batch", "scoring", "data_dir")
+    return (*_flatten(fields, "finetune."), "val_size", "test_size", "score_batch", "scoring", "data_dir", "precision")
 
 
 SETTING_COLUMNS: tuple[str, ...] = _setting_columns()
@@ -368,7 +382,8 @@ class SweepConfig:
     ignores the compression (its pattern fixes the density): each compression of the grid
     reruns the same mask, so give such a sweep one compression, or read ``real_compression``.
     ``latency`` (a batch size) times the dense and the slimmed model of every pruned
-    experiment (see ``ExperimentConfig.latency``).
+    experiment (see ``ExperimentConfig.latency``). ``precision`` (``"float32"`` or
+    ``"bfloat16"``) is every experiment's compute precision (see ``ExperimentConfig.precision``).
     """
 
     datasets: tuple[str, ...]
@@ -389,6 +404,7 @@ class SweepConfig:
     schedules: tuple[Any, ...] = (schedules_lib.DEFAULT,)
     nm: str | None = None
     latency: int | None = None
+    precision: str = precision_lib.DEFAULT
 
     def __post_init__(self):
         for field in ("datasets", "models", "strategies", "compressions", "seeds", "schedules"):
@@ -406,6 +422,7 @@ class SweepConfig:
                      paths=("data_dir",))  # fmt: skip
         _check_unique(self)
         _check_latency(self.latency)
+        _check_precision(self.precision)
         object.__setattr__(self, "schedules", tuple(dict.fromkeys(_schedule(s) for s in self.schedules)))
         object.__setattr__(self, "checkpoints", tuple(sorted(tuple(p) for p in checkpoints)))
         object.__setattr__(self, "finetune", _freeze(self.finetune))
@@ -424,7 +441,8 @@ class SweepConfig:
         checkpoints = dict(self.checkpoints)
         nm = {st: self.nm if self.nm is not None and _own_pattern(st) else None for st in self.strategies}
         common = dict(data_dir=self.data_dir, val_size=self.val_size, test_size=self.test_size, preset=self.preset,
-                      finetune=self.finetune, score_batch=self.score_batch, scoring=self.scoring)  # fmt: skip
+                      finetune=self.finetune, score_batch=self.score_batch, scoring=self.scoring,
+                      precision=self.precision)  # fmt: skip
         timed = dict(latency=self.latency)
         out = []
         for dataset in self.datasets:

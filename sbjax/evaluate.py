@@ -76,6 +76,7 @@ def evaluate_model(
     verbose: bool = True,
     input_shape: tuple[int, ...] | None = None,
     model: object | None = None,
+    precision: str = "float32",
 ) -> dict[str, object]:
     """Evaluates registered model ``model_name`` with ``variables`` on a dataset split.
 
@@ -95,12 +96,17 @@ def evaluate_model(
             data of another shape is an error naming both.
         model: The module that runs ``variables`` (a slimmed checkpoint's
             ``sbjax.slim.SlimModel``); default: the registered model.
+        precision: ``"float32"`` or ``"bfloat16"`` compute (``sbjax.precision``; the logits'
+            softmax is float32 either way).
 
     Returns:
         ``top1``, ``top5``, ``loss`` and ``count`` (as :func:`evaluate`), with ``model``,
-        ``dataset``, ``split``, and the ``mean`` and ``std`` used.
+        ``dataset``, ``split``, ``precision``, and the ``mean`` and ``std`` used.
     """
     from sbjax import data, models, train
+    from sbjax.precision import check_precision
+
+    check_precision(precision)  # fail before loading the data
 
     split_data = data.load(dataset, split, data_dir=data_dir, tfds_data_dir=tfds_data_dir, verbose=verbose)
     split_data = data.stratified_subset(split_data, subset)
@@ -111,10 +117,11 @@ def evaluate_model(
     models.check_input_shape(model_name, input_shape, (side, side, split_data.images.shape[-1]) if side else
                              split_data.images.shape[1:], f"{dataset} {split}")  # fmt: skip
     _check_fits(model, variables, split_data, side)
-    eval_step = train.make_eval_step(train.make_predict_fn(model))
+    eval_step = train.make_eval_step(train.make_predict_fn(model, precision=precision))
     scores = evaluate(eval_step, variables, split_data, mean=mean, std=std, augmentation=spec.augmentation,
                       image_size=spec.image_size, batch_size=batch_size)
-    return {"model": model_name, "dataset": dataset, "split": split, **scores, "mean": mean, "std": std}
+    return {"model": model_name, "dataset": dataset, "split": split, **scores, "mean": mean, "std": std,
+            "precision": precision}
 
 
 def _check_fits(model: object, variables: Mapping[str, object], data: ImageData, side: int | None) -> None:

@@ -46,6 +46,7 @@ from sbjax.config import REFERENCE, SETTING_COLUMNS, ExperimentConfig, SweepConf
 from sbjax.evaluate import evaluate
 from sbjax import schedules as schedules_lib
 from sbjax import stacked
+from sbjax import train as train_lib
 from sbjax.epochs import EpochStore, variables_of
 from sbjax.finetune import MaskUpdates, finetune_many, total_steps
 from sbjax.launch.shard import select as select_shard
@@ -209,9 +210,12 @@ def _structured(config: ExperimentConfig) -> bool:
     return isinstance(getattr(strategies.resolve(config.strategy), "scope", None), strategies.Groups)
 
 
-def accuracy(setup: Setup, variables: Variables, data: data_lib.ImageData) -> dict[str, float]:
-    """top-1, top-5 and mean loss over every example of ``data``, with the setup's step and transform."""
-    scores = evaluate(setup.eval_step, variables, data, mean=setup.mean, std=setup.std,
+def accuracy(setup: Setup, variables: Variables, data: data_lib.ImageData,
+             precision: str = "float32") -> dict[str, float]:  # fmt: skip
+    """top-1, top-5 and mean loss over every example of ``data``, with the setup's step and transform
+    (computed in ``precision``)."""
+    eval_step = setup.eval_step if precision == "float32" else train_lib.eval_step_for(setup.model, precision)
+    scores = evaluate(eval_step, variables, data, mean=setup.mean, std=setup.std,
                       transform=setup.transform(train=False))  # fmt: skip
     return {k: scores[k] for k in ("top1", "top5", "loss")}
 
@@ -308,7 +312,7 @@ def _train(setup: Setup, configs: list[ExperimentConfig], variables: list[Variab
     results = finetune_many(setup.model, variables, masks, setup.train, setup.val, settings,
                             [experiment_keys(config.seed)["finetune"] for config in configs],
                             transform_train=setup.transform(True), transform_eval=setup.transform(False),
-                            updates=updates, checkpoint_dir=folder,
+                            updates=updates, checkpoint_dir=folder, precision=configs[0].precision,
                             execution="sequential" if len(variables) == 1 else "auto")  # fmt: skip
     return [(r.variables, r.history, r.epochs, r.mask) for r in results]
 
@@ -340,7 +344,7 @@ def _round(setup: Setup, job: _Job, r: int, fractions: list[tuple[float, ...]], 
     # alongside it (a shadow model) gives the weights the next round prunes and rewinds to.
     shadows = [i for i, c in enumerate(configs)
                if r >= 1 and _reinit(c) and schedule.rewind is not None and r < len(fractions[i])]  # fmt: skip
-    before = [accuracy(setup, _masked(v, m), setup.test) for v, m in zip(weights, masks)]
+    before = [accuracy(setup, _masked(v, m), setup.test, c.precision) for c, v, m in zip(configs, weights, masks)]
     captured: list = []
     first = r == 0 or (r == 1 and job.rewind is None)
     capture_step = schedule.rewind if isinstance(schedule.rewind, int) and first else None
@@ -391,7 +395,7 @@ def _row(setup: Setup, config: ExperimentConfig, mask: Mask, before: dict[str, f
          round_: int, seconds: float) -> dict[str, Any]:  # fmt: skip
     """The result row of one round, from the training's ``(variables, history, epochs)``."""
     after_vars, history, epochs = finetuned
-    after = before if epochs == 0 else accuracy(setup, after_vars, setup.test)
+    after = before if epochs == 0 else accuracy(setup, after_vars, setup.test, config.precision)
     val = max((h["val_top1"] for h in history if h.get("final", True)), default=None)
     return dict(
         experiment_id=config.id, dataset=config.dataset, model=config.model, checkpoint=config.checkpoint,
@@ -426,6 +430,8 @@ def run_experiments(setup: Setup, configs: Sequence[ExperimentConfig], folder: P
     schedule = configs[0].schedule
     if any(c.schedule != schedule for c in configs):
         raise ValueError("the experiments of one job must share a schedule")
+    if len({c.precision for c in configs}) > 1:
+        raise ValueError("the experiments of one job must share a precision")
     starts = [_start(setup, c) for c in configs]
     job = _Job(list(configs), starts, list(starts), [None] * len(configs), rows=[[] for _ in configs])
     targets = schedule.compressions(configs[0].compression)
@@ -477,18 +483,17 @@ def validate(sweep: SweepConfig) -> None:
 
 
 def jobs(experiments: Sequence[ExperimentConfig], size: int) -> list[list[ExperimentConfig]]:
-    """Experiments in jobs of at most ``size`` that share a setup, a finetuning setup and a schedule.
+    """Experiments in jobs of at most ``size`` that share a setup, a finetuning setup, a schedule and a precision.
 
     Jobs follow the first appearance of their group in the grid, so the experiments of one setup
     run back to back and it is prepared once.
     """
     groups: dict[tuple, list[ExperimentConfig]] = {}
     for config in experiments:
-        groups.setdefault((setup_key(config), config.settings, config.schedule), []).append(config)
+        groups.setdefault((setup_key(config), config.settings, config.schedule, config.precision), []).append(config)
     return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
-_chunks = jobs  # the former name
 
 
 def _label(config: ExperimentConfig, i: int, n: int) -> str:

@@ -13,6 +13,10 @@ every model has stopped or the epochs run out. Each model's result is what :func
 returns for it alone with the same key (bitwise with ``"sequential"`` execution). The test split
 is not seen here: the caller evaluates the selected variables on it once.
 
+``precision="bfloat16"`` trains and validates in bfloat16 over float32 master weights
+(``sbjax.precision``); a data ``mesh`` (``sbjax.parallel.data_mesh``) splits every batch over
+its devices with the states replicated: the same loop on 1 or N devices.
+
 A pruning schedule changes the masks during training through :class:`MaskUpdates`: before each
 step it names, the loop hands the stacked train state to the update, which returns the state
 with new masks (masks are data: the step never retraces). Epochs that end before the masks reach
@@ -37,6 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from sbjax import stacked
 from sbjax import train as train_lib
@@ -57,6 +62,8 @@ from sbjax.epochs import (
     variables_of,
 )
 from sbjax.optim import FinetuneConfig, OptimizerConfig, make_optimizer
+from sbjax.precision import DEFAULT as FLOAT32
+from sbjax.precision import check_precision
 
 __all__ = ["FinetuneResult", "MaskUpdates", "Progress", "finetune", "finetune_many", "should_stop", "total_steps"]
 
@@ -112,14 +119,17 @@ def total_steps(settings: FinetuneConfig, num_train: int) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def _steps(model: nn.Module, optimizer: OptimizerConfig, execution: str):
+def _steps(model: nn.Module, optimizer: OptimizerConfig, execution: str, precision: str = FLOAT32,
+           mesh: Mesh | None = None):  # fmt: skip
     """The optimizer and the jitted K-model train and eval steps, built once per configuration.
 
     A sweep finetunes many masks of one model: the mask is data, so one compilation serves all.
     """
     tx = make_optimizer(optimizer)
-    step = stacked.make_stacked_step(train_lib.make_loss_fn(model), tx, execution)
-    return tx, step, stacked.make_stacked_eval_step(train_lib.make_predict_fn(model), execution)
+    loss_fn = train_lib.make_loss_fn(model, precision=precision)
+    step = stacked.make_stacked_step(loss_fn, tx, execution, data_mesh=mesh)
+    predict_fn = train_lib.make_predict_fn(model, precision=precision)
+    return tx, step, stacked.make_stacked_eval_step(predict_fn, execution, data_mesh=mesh)
 
 
 def _keys(keys: jax.Array | Sequence[jax.Array], k: int) -> jax.Array:
@@ -164,6 +174,8 @@ def finetune_many(
     execution: str = "auto",
     eval_batch_size: int = 500,
     log: Log | None = None,
+    precision: str = FLOAT32,
+    mesh: Mesh | None = None,
 ) -> list[FinetuneResult]:
     """Finetunes K models together; result ``k`` equals :func:`finetune` of model ``k`` alone.
 
@@ -185,17 +197,23 @@ def finetune_many(
         eval_batch_size: examples per validation forward pass.
         log: called with one line per model and epoch (default: stderr, with a live bar on a
             terminal).
+        precision: ``"float32"`` or ``"bfloat16"`` compute (``sbjax.precision``); params,
+            optimizer state and results stay float32.
+        mesh: a mesh with a ``"data"`` axis (``sbjax.parallel.data_mesh``): batches split over
+            it, states replicated (batch sizes must be multiples of its devices); not with
+            ``"sharded"`` execution. ``None``: no data parallelism.
     """
     k = len(variables_list)
     if k == 0 or len(masks) != k:
         raise ValueError(f"finetune_many needs as many masks as variables (at least one), got {len(masks)} and {k}")
     keys = _keys(keys, k)
     execution = stacked.default_execution(num_models=k) if execution == "auto" else execution
-    tx, step, eval_step = _steps(model, settings.optimizer, execution)
+    tx, step, eval_step = _steps(model, settings.optimizer, execution, check_precision(precision), mesh)
     states = [train_lib.init_state(v["params"], v.get("batch_stats", {}), m, tx) for v, m in zip(variables_list, masks)]
     state = stacked.stack(states)
     run = _Group(state, variables_of(state), state.mask, [[] for _ in range(k)], [False] * k)
     tag = f"{settings!r} x {k} models" + (f", masks updated by {updates.name}" if updates else "")
+    tag += "" if precision == FLOAT32 else f", {precision} compute"
     store = None if checkpoint_dir is None else EpochStore(checkpoint_dir, tag)
     saved = None if store is None else store.restore((run.state, run.best, run.best_mask))
     if saved is not None:
@@ -210,7 +228,8 @@ def finetune_many(
         run.state, (loss, top1, steps) = train_epoch(step, run.state, train_data, keys, epoch, settings,
                                                       transform_train, progress, settings.epochs,
                                                       updates=updates)  # fmt: skip
-        sums = _validate(model, eval_step, execution, variables_of(run.state), val_data, transform_eval, eval_batch_size)
+        sums = _validate(model, eval_step, execution, variables_of(run.state), val_data, transform_eval,
+                         eval_batch_size, precision=precision, mesh=mesh)  # fmt: skip
         seconds = time.perf_counter() - start
         final_epoch = (epoch + 1) * per_epoch > final
         rows = [{"epoch": epoch + 1, **train_scores(loss[i], top1[i], steps, settings.batch_size),
@@ -223,14 +242,16 @@ def finetune_many(
     return [_result(run, i, "batch_stats" in variables_list[i]) for i in range(k)]
 
 
-def _validate(model, eval_step, execution: str, variables: Variables, data, transform: Transform, batch_size: int):
+def _validate(model, eval_step, execution: str, variables: Variables, data, transform: Transform, batch_size: int,
+              *, precision: str = FLOAT32, mesh: Mesh | None = None):  # fmt: skip
     """Validation sums of K stacked models, shape (K,) each.
 
     One model executed sequentially is validated with the model's own eval step
     (``sbjax.train.eval_step_for``), which a later test-split evaluation shares: one compilation.
     """
     if execution == "sequential" and jax.tree.leaves(variables)[0].shape[0] == 1:
-        sums = eval_sums(train_lib.eval_step_for(model), stacked.index(variables, 0), *data, transform, batch_size)
+        one = train_lib.eval_step_for(model, precision, mesh)
+        sums = eval_sums(one, stacked.index(variables, 0), *data, transform, batch_size)
         return jax.tree.map(lambda a: jnp.asarray(a)[None], sums)
     return eval_sums(eval_step, variables, *data, transform, batch_size)
 

@@ -25,7 +25,7 @@ def pretrain(config: ExperimentConfig, out: str | Path, *, command: str, overwri
     """Trains ``config.model`` on ``config.dataset`` from the seed's initialization and saves it.
 
     Args:
-        config: the dataset, model, seed, preset and overrides (strategy ``"none"``).
+        config: the dataset, model, seed, preset, overrides and precision (strategy ``"none"``).
         out: the checkpoint folder to write.
         command: the command line that reproduces the checkpoint (recorded as its source).
         overwrite: replace an existing checkpoint.
@@ -40,8 +40,9 @@ def pretrain(config: ExperimentConfig, out: str | Path, *, command: str, overwri
     setup = prepare(config)
     result = finetune(setup.model, setup.variables, masks.ones_like(setup.variables["params"]), setup.train, setup.val,
                       config.settings, experiment_keys(config.seed)["finetune"],
-                      transform_train=setup.transform(True), transform_eval=setup.transform(False))  # fmt: skip
-    test = accuracy(setup, result.variables, setup.test)
+                      transform_train=setup.transform(True), transform_eval=setup.transform(False),
+                      precision=config.precision)  # fmt: skip
+    test = accuracy(setup, result.variables, setup.test, config.precision)
     info = checkpoints.CheckpointInfo(
         model=config.model, num_classes=setup.train.num_classes, input_shape=setup.input_shape, source=command,
         mean=setup.mean, std=setup.std, accuracy=round(100 * test["top1"], 2), dataset=config.dataset,

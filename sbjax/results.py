@@ -359,12 +359,14 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """One DataFrame row per experiment and round with the columns of ``COLUMNS`` (missing ones NaN).
 
     An iterative experiment's earlier rounds (under ``"rounds"``) are rows too, each with its
-    round's compression. Results written before schedules existed are ``oneshot`` round 1.
+    round's compression. Results written before schedules existed are ``oneshot`` round 1, those
+    written before the precision setting ``float32``.
     """
     flat = [dict(r) for row in rows for r in (*row.get(ROUNDS, ()), row)]
     frame = pd.DataFrame(flat, columns=list(COLUMNS))
     frame["schedule"] = frame["schedule"].astype(object).fillna("oneshot")
     frame["round"] = frame["round"].fillna(1).astype(int)
+    frame["precision"] = frame["precision"].astype(object).fillna("float32")  # rows from before the setting
     order = ["dataset", "model", "strategy", "schedule", "compression", "seed", "round"]
     return frame.sort_values(order, kind="stable", ignore_index=True)
 

@@ -13,6 +13,10 @@ shape ``(K, B, ...)``. Three ways to execute one step of all K models, all insid
   ``sequential``). With ``jax.distributed.initialize()`` the mesh spans every host's devices;
   inputs must then be global arrays (``jax.make_array_from_process_local_data``).
 
+With a ``data_mesh`` (``sbjax.parallel.data_mesh``) each model's batch is split over the mesh's
+``"data"`` axis instead (the states replicated): data parallelism for ``vmap`` and
+``sequential`` execution, e.g. one large model (K = 1) over N devices.
+
 ``default_execution`` picks one per backend from measurements (BENCHMARKS.md): sequential on
 CPU, vmap elsewhere, sharded over the devices when there are several and they divide K.
 """
@@ -28,6 +32,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from sbjax import parallel
 from sbjax.train import EvalStep, LossFn, PredictFn, TrainStep, make_eval_step, make_train_step
 
 T = TypeVar("T")
@@ -134,6 +139,7 @@ def make_stacked_step(
     *,
     mesh: Mesh | None = None,
     donate: bool = False,
+    data_mesh: Mesh | None = None,
 ) -> TrainStep:
     """The masked train step of K stacked models (see ``sbjax.train.make_train_step``).
 
@@ -143,31 +149,49 @@ def make_stacked_step(
             ``mesh`` of several devices is given, else the backend's default).
         mesh: the device mesh for ``"sharded"`` (``model_mesh()`` by default).
         donate: donate the input state's buffers.
+        data_mesh: a mesh with a ``"data"`` axis: ``x`` and ``y`` split along their batch axis
+            (axis 1) over it, the state replicated; not with ``"sharded"`` execution.
 
     Returns:
         ``step(state, x, y, key=None) -> (state, metrics)`` where every leaf of ``state``,
         ``x`` (K, B, ...), ``y`` (K, B), ``key`` (K,) and of the metrics has the model axis first.
     """
     one = make_train_step(loss_fn, tx, jit=False)
-    run = _over_models(one, _resolve(execution, mesh), (True, True, True, True), mesh)
+    execution = _check_data_mesh(_resolve(execution, mesh), data_mesh)
+    run = _over_models(one, execution, (True, True, True, True), mesh)
 
     def step(state, x, y, key=None):
         return run(state, x, y, key)
 
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
+    donate_argnums = (0,) if donate else ()
+    if data_mesh is not None:
+        return parallel.jit_over_data(step, data_mesh, (None, 1, 1, None), donate_argnums=donate_argnums)
+    return jax.jit(step, donate_argnums=donate_argnums)
 
 
-def make_stacked_eval_step(predict_fn: PredictFn, execution: str = "auto", *, mesh: Mesh | None = None) -> EvalStep:
-    """The eval step of K stacked models on one shared batch.
+def make_stacked_eval_step(
+    predict_fn: PredictFn, execution: str = "auto", *, mesh: Mesh | None = None, data_mesh: Mesh | None = None
+) -> EvalStep:
+    """The eval step of K stacked models on one shared batch (split over ``data_mesh`` if given).
 
     Returns:
         ``eval_step(params, batch_stats, x, y, valid=None) -> sums`` with params and batch
         stats stacked (K, ...), one batch ``x`` (B, ...) for all models, and sums of shape (K,).
     """
     one = make_eval_step(predict_fn, jit=False)
-    run = _over_models(one, _resolve(execution, mesh), (True, True, False, False, False), mesh)
+    execution = _check_data_mesh(_resolve(execution, mesh), data_mesh)
+    run = _over_models(one, execution, (True, True, False, False, False), mesh)
 
     def eval_step(params, batch_stats, x, y, valid=None):
         return run(params, batch_stats, x, y, valid)
 
+    if data_mesh is not None:
+        return parallel.jit_over_data(eval_step, data_mesh, (None, None, 0, 0, 0))
     return jax.jit(eval_step)
+
+
+def _check_data_mesh(execution: str, data_mesh: Mesh | None) -> str:
+    if data_mesh is not None and execution == "sharded":
+        raise ValueError("a data mesh splits each model's batch; it needs 'vmap' or 'sequential' execution, "
+                         "not 'sharded' (which splits the models)")  # fmt: skip
+    return execution

@@ -7,6 +7,10 @@ pruned weight): pruned weights stay exactly ``0.0``. The mask is part of the sta
 new mask never retraces or recompiles the step. Since the params are kept masked, the forward
 pass needs no ``weight * mask`` (ShrinkBench's PyTorch layers compute it in every forward).
 
+Both steps take a ``precision`` through their model functions (``make_loss_fn``,
+``make_predict_fn``; see ``sbjax.precision``) and a device ``mesh`` for data parallelism (see
+``sbjax.parallel``): the same step runs on 1 or N devices.
+
 The eval step returns sums (loss, top-1 and top-5 correct, count) so that summing it over the
 batches of a split gives exact totals, padded last batches included (``valid``).
 """
@@ -22,8 +26,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
+from sbjax import parallel
 from sbjax.masks import apply_mask, check_mask
+from sbjax.precision import DEFAULT as FLOAT32
+from sbjax.precision import cast_floating, compute_dtype
 from sbjax.scoring import cross_entropy
 
 Params = Any
@@ -79,31 +87,59 @@ def init_state(params: Params, batch_stats: BatchStats, mask: Mask, tx: optax.Gr
     return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params), mask)
 
 
-def make_loss_fn(model: nn.Module, criterion: Callable[[jax.Array, jax.Array], jax.Array] | None = None) -> LossFn:
+def make_loss_fn(
+    model: nn.Module,
+    criterion: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    *,
+    precision: str = FLOAT32,
+) -> LossFn:
     """The training loss of a Flax model (batch norm in training mode, statistics updated).
+
+    Args:
+        model: the Flax model.
+        criterion: ``criterion(logits, y) -> mean loss`` (default: softmax cross-entropy).
+        precision: ``"float32"`` or ``"bfloat16"``: the params and inputs are cast to this
+            dtype inside the loss, the logits back to float32 before ``criterion``; gradients
+            (with respect to the float32 params) and batch statistics stay float32.
 
     Returns:
         ``loss_fn(params, batch_stats, x, y, key) -> (loss, (new_batch_stats, logits))``; ``key``
         (or ``None``) feeds the ``dropout`` RNG stream.
     """
     criterion = criterion or cross_entropy
+    dtype = compute_dtype(precision)
 
     def loss_fn(params, batch_stats, x, y, key=None):
-        variables = {"params": params, "batch_stats": batch_stats}
+        variables = {"params": _cast(params, dtype), "batch_stats": batch_stats}
         rngs = {} if key is None else {"dropout": key}
-        logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)
-        return criterion(logits, y), (updates.get("batch_stats", batch_stats), logits)
+        logits, updates = model.apply(variables, _cast(x, dtype), train=True, mutable=["batch_stats"], rngs=rngs)
+        new_stats = updates.get("batch_stats", batch_stats)
+        if dtype != jnp.float32:
+            logits = logits.astype(jnp.float32)
+            new_stats = jax.tree.map(lambda new, old: new.astype(old.dtype), new_stats, batch_stats)
+        return criterion(logits, y), (new_stats, logits)
 
     return loss_fn
 
 
-def make_predict_fn(model: nn.Module) -> PredictFn:
-    """``predict(params, batch_stats, x) -> logits`` in evaluation mode (running statistics)."""
+def make_predict_fn(model: nn.Module, *, precision: str = FLOAT32) -> PredictFn:
+    """``predict(params, batch_stats, x) -> logits`` in evaluation mode (running statistics).
+
+    With ``precision="bfloat16"`` the params and inputs are cast to bfloat16 and the logits
+    returned as float32.
+    """
+    dtype = compute_dtype(precision)
 
     def predict(params, batch_stats, x):
-        return model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
+        logits = model.apply({"params": _cast(params, dtype), "batch_stats": batch_stats}, _cast(x, dtype), train=False)
+        return logits if dtype == jnp.float32 else logits.astype(jnp.float32)
 
     return predict
+
+
+def _cast(tree, dtype):
+    """``tree`` in the compute dtype; float32 casts nothing (the step is the plain one)."""
+    return tree if dtype == jnp.float32 else cast_floating(tree, dtype)
 
 
 def _masked_update(tx, state: TrainState, grads: Params) -> tuple[Params, optax.OptState]:
@@ -112,7 +148,14 @@ def _masked_update(tx, state: TrainState, grads: Params) -> tuple[Params, optax.
     return apply_mask(optax.apply_updates(state.params, updates), state.mask), opt_state
 
 
-def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, jit: bool = True, donate: bool = False) -> TrainStep:
+def make_train_step(
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    *,
+    jit: bool = True,
+    donate: bool = False,
+    mesh: Mesh | None = None,
+) -> TrainStep:
     """The masked train step.
 
     Args:
@@ -122,6 +165,10 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, jit: b
         jit: return the step jitted (``False`` to vmap or compose it first).
         donate: donate the input state's buffers to the output (saves memory; the input
             state can no longer be used).
+        mesh: a mesh with a ``"data"`` axis (``sbjax.parallel.data_mesh``): the jitted step
+            takes the state replicated and ``x``, ``y`` split along axis 0 over the mesh
+            (placing them so if they are not) and returns a replicated state; the batch
+            size must be a multiple of the mesh's devices. ``None``: XLA's default placement.
 
     Returns:
         ``step(state, x, y, key=None) -> (state, {"loss": mean loss, "top1": correct count})``.
@@ -137,7 +184,10 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, jit: b
 
     if not jit:
         return step
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
+    donate_argnums = (0,) if donate else ()
+    if mesh is None:
+        return jax.jit(step, donate_argnums=donate_argnums)
+    return parallel.jit_over_data(step, mesh, (None, 0, 0, None), donate_argnums=donate_argnums)
 
 
 def correct_counts(logits: jax.Array, y: jax.Array, ks: tuple[int, ...] = (1, 5)) -> tuple[jax.Array, ...]:
@@ -154,12 +204,14 @@ def correct_counts(logits: jax.Array, y: jax.Array, ks: tuple[int, ...] = (1, 5)
     return tuple((rank < k).astype(jnp.int32) for k in ks)
 
 
-def make_eval_step(predict_fn: PredictFn, *, jit: bool = True) -> EvalStep:
+def make_eval_step(predict_fn: PredictFn, *, jit: bool = True, mesh: Mesh | None = None) -> EvalStep:
     """The eval step: sums over one batch, exact over a split when summed over its batches.
 
     Args:
         predict_fn: ``predict_fn(params, batch_stats, x) -> logits``, e.g. ``make_predict_fn``.
         jit: return the step jitted.
+        mesh: a mesh with a ``"data"`` axis: params and batch stats replicated, ``x``, ``y`` and
+            ``valid`` split along axis 0 over it (see :func:`make_train_step`).
 
     Returns:
         ``eval_step(params, batch_stats, x, y, valid=None) -> {"loss", "top1", "top5", "count"}``:
@@ -179,14 +231,21 @@ def make_eval_step(predict_fn: PredictFn, *, jit: bool = True) -> EvalStep:
             "count": jnp.sum(valid.astype(jnp.int32)),
         }
 
-    return jax.jit(eval_step) if jit else eval_step
+    if not jit:
+        return eval_step
+    return jax.jit(eval_step) if mesh is None else parallel.jit_over_data(eval_step, mesh, (None, None, 0, 0, 0))
 
 
-@functools.lru_cache(maxsize=16)
-def eval_step_for(model: nn.Module) -> EvalStep:
-    """The jitted :func:`make_eval_step` of a Flax model, one per model (modules compare by value).
+def eval_step_for(model: nn.Module, precision: str = FLOAT32, mesh: Mesh | None = None) -> EvalStep:
+    """The jitted :func:`make_eval_step` of a Flax model, one per (model, precision, mesh)
+    (modules compare by value).
 
     Every caller that evaluates the same model (finetuning's validation, a test-split evaluation)
     shares its compilations: a batch shape compiles once per process.
     """
-    return make_eval_step(make_predict_fn(model))
+    return _eval_step_for(model, precision, mesh)
+
+
+@functools.lru_cache(maxsize=16)
+def _eval_step_for(model: nn.Module, precision: str, mesh: Mesh | None) -> EvalStep:
+    return make_eval_step(make_predict_fn(model, precision=precision), mesh=mesh)

@@ -30,7 +30,7 @@ def test_grouped_sweep_rows_equal_one_by_one(tmp_path):
     assert ids[0] == ids[1]  # models_per_job changes no id
     assert len(lines) == 6
     # checkpoints={}: each seed initializes its own model, so the jobs are the 3 experiments of a seed
-    chunks = experiment._chunks(many.experiments(), many.models_per_job)
+    chunks = experiment.jobs(many.experiments(), many.models_per_job)
     assert [[c.seed for c in chunk] for chunk in chunks] == [[0, 0, 0], [1, 1, 1]]
     tables = [results.aggregate(results.Store.open(tmp_path / f).rows()).drop(columns=["wall_time"]) for f in ("one", "many")]
     assert len(tables[0]) == 6 and (tables[0].epochs == 2).all()
