@@ -494,8 +494,6 @@ def jobs(experiments: Sequence[ExperimentConfig], size: int) -> list[list[Experi
     return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
-
-
 def _label(config: ExperimentConfig, i: int, n: int) -> str:
     schedule = "" if config.schedule == schedules_lib.DEFAULT else f" {config.schedule.describe()}"
     return f"[{i}/{n}] {config.model} {config.strategy}{schedule} x{config.compression:g} seed {config.seed}"
