@@ -361,6 +361,9 @@ def _add_eval(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=500, help="examples per forward pass (default 500)")
     p.add_argument("--subset", type=int, metavar="N",
                    help="evaluate a fixed class-balanced subset of N examples (a sweep's test_size)")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="read the split record by record on host workers (--no-stream: into memory; "
+                        "default: by its decoded size)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_eval)
 
@@ -375,7 +378,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _model_name(args)
     result = evaluate_checkpoint(
         args.model, args.checkpoint, args.dataset, split=args.split, data_dir=args.data_dir,
-        tfds_data_dir=args.tfds_data_dir, batch_size=args.batch_size, subset=args.subset,
+        tfds_data_dir=args.tfds_data_dir, batch_size=args.batch_size, subset=args.subset, stream=args.stream,
     )
     if args.json:
         print(json.dumps(result))

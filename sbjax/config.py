@@ -228,6 +228,9 @@ class ExperimentConfig:
             and the slimmed model (``sbjax.latency.slim_report``) at batch 1 and this batch,
             and ``measured_speedup``; ``None`` (default): no timing. Rows of channel
             strategies always report ``slim_params_total`` and ``slim_macs``.
+        stream: read the data record by record on host workers (``True``, ``sbjax.data.stream``),
+            into memory (``False``), or choose by the decoded size (``None``, default). Streamed
+            training augments on the host, so a set value enters the id.
     """
 
     dataset: str
@@ -248,6 +251,7 @@ class ExperimentConfig:
     data_fingerprint: str | None = None
     nm: str | None = None
     latency: int | None = None
+    stream: bool | None = None
 
     def __post_init__(self):
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "finetune"}
@@ -296,7 +300,7 @@ class ExperimentConfig:
             test_size=self.test_size, score_batch=self.score_batch or settings.batch_size, scoring=self.scoring,
             finetune=dataclasses.asdict(settings),
             schedule=None if self.schedule == schedules_lib.DEFAULT else _schedule_identity(self.schedule),
-            nm=self.nm, latency=self.latency,
+            nm=self.nm, latency=self.latency, stream=self.stream,
         )  # fmt: skip
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -368,7 +372,7 @@ class SweepConfig:
     ignores the compression (its pattern fixes the density): each compression of the grid
     reruns the same mask, so give such a sweep one compression, or read ``real_compression``.
     ``latency`` (a batch size) times the dense and the slimmed model of every pruned
-    experiment (see ``ExperimentConfig.latency``).
+    experiment (see ``ExperimentConfig.latency``). ``stream`` is ``ExperimentConfig.stream``.
     """
 
     datasets: tuple[str, ...]
@@ -389,6 +393,7 @@ class SweepConfig:
     schedules: tuple[Any, ...] = (schedules_lib.DEFAULT,)
     nm: str | None = None
     latency: int | None = None
+    stream: bool | None = None
 
     def __post_init__(self):
         for field in ("datasets", "models", "strategies", "compressions", "seeds", "schedules"):
@@ -424,7 +429,8 @@ class SweepConfig:
         checkpoints = dict(self.checkpoints)
         nm = {st: self.nm if self.nm is not None and _own_pattern(st) else None for st in self.strategies}
         common = dict(data_dir=self.data_dir, val_size=self.val_size, test_size=self.test_size, preset=self.preset,
-                      finetune=self.finetune, score_batch=self.score_batch, scoring=self.scoring)  # fmt: skip
+                      finetune=self.finetune, score_batch=self.score_batch, scoring=self.scoring,
+                      stream=self.stream)  # fmt: skip
         timed = dict(latency=self.latency)
         out = []
         for dataset in self.datasets:

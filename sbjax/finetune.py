@@ -43,6 +43,7 @@ from sbjax import train as train_lib
 from sbjax.data.arrays import ImageData
 from sbjax.data.augment import Transform
 from sbjax.data.batches import steps_per_epoch, to_device
+from sbjax.data.stream import StreamSplit
 from sbjax.epochs import (
     EpochStore,
     Log,
@@ -133,8 +134,8 @@ def finetune(
     model: nn.Module,
     variables: Variables,
     mask: Mask,
-    train: ImageData,
-    val: ImageData,
+    train: ImageData | StreamSplit,
+    val: ImageData | StreamSplit,
     settings: FinetuneConfig,
     key: jax.Array,
     **kwargs,
@@ -152,8 +153,8 @@ def finetune_many(
     model: nn.Module,
     variables_list: Sequence[Variables],
     masks: Sequence[Mask],
-    train: ImageData,
-    val: ImageData,
+    train: ImageData | StreamSplit,
+    val: ImageData | StreamSplit,
     settings: FinetuneConfig,
     keys: jax.Array | Sequence[jax.Array],
     *,
@@ -172,7 +173,9 @@ def finetune_many(
         variables_list: each model's ``{"params", "batch_stats"}`` to start from (params are
             masked here).
         masks: each model's mask (params' structure and dtypes).
-        train, val: the training and validation splits.
+        train, val: the training and validation splits, in memory or streamed
+            (``sbjax.data.StreamSplit``: batches read and augmented on host workers, each model
+            from its own key's pipeline).
         settings: batch size, epochs, optimizer, early-stopping patience (one for all).
         keys: each model's run key (K typed keys, stacked or a sequence); batch orders,
             augmentation and dropout derive from it.
@@ -201,7 +204,7 @@ def finetune_many(
     if saved is not None:
         (state, best, best_mask), meta = saved
         run = _Group(state, best, best_mask, [list(h) for h in meta["history"]], [bool(d) for d in meta["done"]])
-    train_data, val_data = to_device(train.images, train.labels), to_device(val.images, val.labels)
+    train_data, val_data = _on_device(train), _on_device(val)
     per_epoch = total_steps(settings, len(train.labels)) // max(settings.epochs, 1)
     final = 0 if updates is None else updates.final
     progress = Progress(log)
@@ -230,9 +233,14 @@ def _validate(model, eval_step, execution: str, variables: Variables, data, tran
     (``sbjax.train.eval_step_for``), which a later test-split evaluation shares: one compilation.
     """
     if execution == "sequential" and jax.tree.leaves(variables)[0].shape[0] == 1:
-        sums = eval_sums(train_lib.eval_step_for(model), stacked.index(variables, 0), *data, transform, batch_size)
+        sums = eval_sums(train_lib.eval_step_for(model), stacked.index(variables, 0), data, transform, batch_size)
         return jax.tree.map(lambda a: jnp.asarray(a)[None], sums)
-    return eval_sums(eval_step, variables, *data, transform, batch_size)
+    return eval_sums(eval_step, variables, data, transform, batch_size)
+
+
+def _on_device(data: ImageData | StreamSplit):
+    """An in-memory split put on the device; a streamed one is read batch by batch (``sbjax.epochs.Data``)."""
+    return data if isinstance(data, StreamSplit) else to_device(data.images, data.labels)
 
 
 def _eligible(history: list[dict[str, float]]) -> list[dict[str, float]]:

@@ -185,9 +185,9 @@ def decoded_bytes(split: StreamSplit) -> int:
     return int(np.prod(split.images.shape, dtype=np.int64)) if len(split) else 0
 
 
-def should_stream(split: StreamSplit, limit: int = STREAM_ABOVE_BYTES) -> bool:
-    """The automatic choice: stream a split whose decoded size exceeds ``limit`` bytes."""
-    return decoded_bytes(split) > limit
+def should_stream(split: StreamSplit, limit: int | None = None) -> bool:
+    """The automatic choice: stream a split whose decoded size exceeds ``limit`` bytes (:data:`STREAM_ABOVE_BYTES`)."""
+    return decoded_bytes(split) > (STREAM_ABOVE_BYTES if limit is None else limit)
 
 
 def data_sharding(stacked: bool = False) -> jax.sharding.NamedSharding:
@@ -363,3 +363,44 @@ def eval_batches(split: StreamSplit, batch_size: int, transform: Transform) -> I
             yield fn(place(x, sharding)), place(np.asarray(y, np.int32), sharding), place(valid, sharding)
     finally:
         iterator.close()
+
+
+def load_split(name: str, split: str = "train", *, stream: bool | None = None, data_dir: str | Path | None = None,
+               tfds_data_dir: str | Path | None = None, **kwargs: Any) -> ImageData | StreamSplit:  # fmt: skip
+    """One split in memory (:func:`sbjax.data.load`) or streamed (:func:`open_split`).
+
+    Args:
+        stream: ``True`` streams, ``False`` loads into memory, ``None`` chooses by size
+            (:data:`STREAM_ABOVE_BYTES`): a local folder or archive by its file count and
+            first image, a TFDS dataset by its recorded split size and image shape (the embedded
+            dataset is always in memory).
+        kwargs: :func:`sbjax.data.load`'s (``val_size``, ``split_seed``, ``download``, ``verbose``).
+    """
+    from sbjax.data.sources import load
+
+    spec = get_spec(name, local=data_dir is not None)
+    verbose = kwargs.pop("verbose", True)
+    if stream is None and data_dir is None:  # from TFDS's metadata where it has them, else from the first image
+        stream = _tfds_too_large(spec, split, tfds_data_dir)
+    if stream is False:
+        return load(name, split, data_dir=data_dir, tfds_data_dir=tfds_data_dir, verbose=verbose, **kwargs)
+    opened = open_split(name, split, data_dir=data_dir, tfds_data_dir=tfds_data_dir, spec=spec, **kwargs)
+    if stream is None and not should_stream(opened):
+        return load(name, split, data_dir=data_dir, tfds_data_dir=tfds_data_dir, verbose=verbose, **kwargs)
+    return opened
+
+
+def _tfds_too_large(spec: DatasetSpec, split: str, tfds_data_dir: str | Path | None) -> bool | None:
+    """Whether a TFDS split decoded exceeds :data:`STREAM_ABOVE_BYTES`, from TFDS's recorded split
+    size and image shape; ``None`` where TFDS has not recorded them (an unprepared dataset)."""
+    if spec.tfds_name is None:
+        return False
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(spec.tfds_name, data_dir=None if tfds_data_dir is None else str(tfds_data_dir))
+    source = {"test": spec.test_split, "validation": "train"}.get(split, split)
+    shape = builder.info.features["image"].shape
+    side = (spec.stored_size,) * 2 if spec.stored_size else shape[:2]
+    if source not in builder.info.splits or None in side:
+        return None
+    return builder.info.splits[source].num_examples * int(np.prod((*side, shape[-1] or 3))) > STREAM_ABOVE_BYTES
