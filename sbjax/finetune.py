@@ -50,6 +50,7 @@ from sbjax.epochs import (
     Mask,
     Progress,
     Variables,
+    Within,
     eval_sums,
     should_stop,
     train_epoch,
@@ -165,6 +166,7 @@ def finetune_many(
     execution: str = "auto",
     eval_batch_size: int = 500,
     log: Log | None = None,
+    checkpoint_every: int = 0,
 ) -> list[FinetuneResult]:
     """Finetunes K models together; result ``k`` equals :func:`finetune` of model ``k`` alone.
 
@@ -188,6 +190,9 @@ def finetune_many(
         eval_batch_size: examples per validation forward pass.
         log: called with one line per model and epoch (default: stderr, with a live bar on a
             terminal).
+        checkpoint_every: with a ``checkpoint_dir``, also save after every this many steps of an
+            epoch (in ``checkpoint_dir/within-epoch``, with a streamed input's iterator states),
+            so a run killed mid-epoch resumes at the step it reached, with the same result.
     """
     k = len(variables_list)
     if k == 0 or len(masks) != k:
@@ -204,6 +209,8 @@ def finetune_many(
     if saved is not None:
         (state, best, best_mask), meta = saved
         run = _Group(state, best, best_mask, [list(h) for h in meta["history"]], [bool(d) for d in meta["done"]])
+    within_store = None if store is None or not checkpoint_every else EpochStore(Path(checkpoint_dir) / "within-epoch", tag)
+    run, within = _resume_within(run, within_store, checkpoint_every)
     train_data, val_data = _on_device(train), _on_device(val)
     per_epoch = total_steps(settings, len(train.labels)) // max(settings.epochs, 1)
     final = 0 if updates is None else updates.final
@@ -212,7 +219,8 @@ def finetune_many(
         epoch, start = run.epochs(), time.perf_counter()
         run.state, (loss, top1, steps) = train_epoch(step, run.state, train_data, keys, epoch, settings,
                                                       transform_train, progress, settings.epochs,
-                                                      updates=updates)  # fmt: skip
+                                                      updates=updates, within=within)  # fmt: skip
+        within = dataclasses.replace(within, start=0, loss=None, top1=None, feed=None)
         sums = _validate(model, eval_step, execution, variables_of(run.state), val_data, transform_eval, eval_batch_size)
         seconds = time.perf_counter() - start
         final_epoch = (epoch + 1) * per_epoch > final
@@ -224,6 +232,26 @@ def finetune_many(
         if store is not None:
             store.save(epoch + 1, (run.state, run.best, run.best_mask), {"history": run.history, "done": run.done})
     return [_result(run, i, "batch_stats" in variables_list[i]) for i in range(k)]
+
+
+def _resume_within(run: _Group, store: EpochStore | None, every: int) -> tuple[_Group, Within]:
+    """The group and the :class:`~sbjax.epochs.Within` of a run: its latest mid-epoch checkpoint
+    (if it is of the epoch the run is at) to resume from, and the saving of new ones."""
+    if store is None:
+        return run, Within()
+    k = len(run.done)
+
+    def save(done: int, state, loss, top1, feed) -> None:
+        meta = {"history": run.history, "done": run.done, "epoch": run.epochs(), "step": done, "feed": feed}
+        store.save(run.epochs() * 10**9 + done, (state, run.best, run.best_mask, loss, top1), meta)
+
+    zeros = (jnp.zeros((k,)), jnp.zeros((k,), jnp.int32))
+    saved = store.restore((run.state, run.best, run.best_mask, *zeros))
+    if saved is None or saved[1]["epoch"] != run.epochs():
+        return run, Within(every, save)
+    (state, best, best_mask, loss, top1), meta = saved
+    run = _Group(state, best, best_mask, [list(h) for h in meta["history"]], [bool(d) for d in meta["done"]])
+    return run, Within(every, save, int(meta["step"]), loss, top1, meta["feed"])
 
 
 def _validate(model, eval_step, execution: str, variables: Variables, data, transform: Transform, batch_size: int):
