@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from sbjax.data import cache
-from sbjax.data.local import LAYOUT, _archive_entries, _archive_errors, _folder_entries, _is_tarfile
+from sbjax.data.local import LAYOUT, archive_entries, archive_errors, folder_entries, is_tarfile
 from sbjax.data.registry import DatasetSpec
 
 
@@ -128,9 +128,9 @@ def open_records(
 def _local_records(path: Path, split: str) -> tuple[Records, np.ndarray, tuple[str, ...]]:
     if not path.exists():
         raise FileNotFoundError(f"data directory or archive {str(path)!r} does not exist")
-    if not path.is_dir() and not _is_tarfile(path):
+    if not path.is_dir() and not is_tarfile(path):
         raise ValueError(f"{str(path)!r} is neither a directory nor a tar/tar.gz archive of {LAYOUT}")
-    entries = _folder_entries(path) if path.is_dir() else _archive_entries(path)
+    entries = folder_entries(path) if path.is_dir() else archive_entries(path)
     classes = tuple(sorted({c for _, c, _ in entries}))
     chosen = sorted((classes.index(c), name) for s, c, name in entries if s == split)
     if not chosen:
@@ -155,7 +155,7 @@ def plain_tar(path: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        with _archive_errors(path), os.fdopen(fd, "wb") as out, gzip.open(path, "rb") as source:
+        with archive_errors(path), os.fdopen(fd, "wb") as out, gzip.open(path, "rb") as source:
             shutil.copyfileobj(source, out, 1 << 20)
         os.replace(tmp, target)
     except BaseException:
@@ -167,7 +167,7 @@ def plain_tar(path: Path) -> Path:
 
 def _tar_records(path: Path, names: tuple[str, ...]) -> TarRecords:
     tar_path = plain_tar(path)
-    with _archive_errors(path), tarfile.open(tar_path) as tar:
+    with archive_errors(path), tarfile.open(tar_path) as tar:
         members = {m.name: m for m in tar.getmembers() if m.isfile()}
     offsets = np.array([members[n].offset_data for n in names], np.int64)
     sizes = np.array([members[n].size for n in names], np.int64)
@@ -178,12 +178,12 @@ def _tfds_records(spec: DatasetSpec, split: str, data_dir: str | None,
                   download: bool) -> tuple[Records, np.ndarray, tuple[str, ...]]:  # fmt: skip
     import tensorflow_datasets as tfds
 
-    from sbjax.data.tfds_source import _check_manual_dir, _open_source
+    from sbjax.data.tfds_source import check_manual_dir, open_source
 
     builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
     if spec.manual and not builder.is_prepared():
-        _check_manual_dir(builder)
-    source = _open_source(tfds, builder, spec, split, data_dir, download)  # prepares it if needed
+        check_manual_dir(builder)
+    source = open_source(tfds, builder, spec, split, data_dir, download)  # prepares it if needed
     records = TfdsRecords(spec.tfds_name, split, data_dir, len(source))
     key = cache.cache_key(tfds_labels=spec.tfds_name, version=str(builder.version), data_dir=str(builder.data_dir),
                           split=split)  # fmt: skip
@@ -194,5 +194,8 @@ def _tfds_records(spec: DatasetSpec, split: str, data_dir: str | None,
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             labels = np.array(list(pool.map(lambda i: int(source[i]["label"]), range(len(source)))), np.int32)
         labels_path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(labels_path, labels)
+        tmp = labels_path.with_name(f".{labels_path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, labels)
+        os.replace(tmp, labels_path)
     return records, labels, tuple(builder.info.features["label"].names)
