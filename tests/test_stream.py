@@ -193,3 +193,18 @@ def test_tfds_streaming_reads_the_mock_data_as_the_in_memory_loader(tmp_path, mo
         assert not isinstance(load_split("cifar10", "test", tfds_data_dir=tmp_path, verbose=False), StreamSplit)
         monkeypatch.setattr(stream, "STREAM_ABOVE_BYTES", 12 * 32 * 32 * 3 - 1)
         assert isinstance(load_split("cifar10", "test", tfds_data_dir=tmp_path, verbose=False), StreamSplit)
+
+
+def test_processes_read_disjoint_shares_that_make_up_the_global_batches(folder, monkeypatch):
+    split = open_split("anything", "train", data_dir=folder, val_size=0)
+    single = epoch(split, 2, 1)
+    shares = []
+    for index in (0, 1):
+        monkeypatch.setattr(jax, "process_count", lambda: 2)
+        monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+        shares.append(epoch(split, 2, 1))
+    assert len(shares[0]) == len(shares[1]) == len(single) and shares[0][0][0].shape == (2, 6, 5, 3)
+    for whole, first, second in zip(single, *shares):
+        rows = lambda x: sorted(map(bytes, x.reshape(len(x), -1)))  # noqa: E731
+        assert rows(whole[0]) == rows(np.concatenate([first[0], second[0]]))
+        assert not set(rows(first[0])) & set(rows(second[0]))
