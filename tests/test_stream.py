@@ -190,6 +190,9 @@ def test_tfds_streaming_reads_the_mock_data_as_the_in_memory_loader(tmp_path, mo
         np.testing.assert_array_equal(got, want)
         imagenet = open_split("imagenette", "test", tfds_data_dir=tmp_path)
         assert imagenet.images.shape[1:] == (256, 256, 3)  # resized and cropped to the stored size
+        x, y = next(stream.train_iterator(open_split("imagenette", "train", val_size=0, tfds_data_dir=tmp_path),
+                                          0, 0, 4, "imagenet", 224))  # fmt: skip
+        assert x.shape == (4, 224, 224, 3) and x.dtype == np.uint8 and y.shape == (4,)
         assert not isinstance(load_split("cifar10", "test", tfds_data_dir=tmp_path, verbose=False), StreamSplit)
         monkeypatch.setattr(stream, "STREAM_ABOVE_BYTES", 12 * 32 * 32 * 3 - 1)
         assert isinstance(load_split("cifar10", "test", tfds_data_dir=tmp_path, verbose=False), StreamSplit)
