@@ -211,3 +211,11 @@ def test_processes_read_disjoint_shares_that_make_up_the_global_batches(folder, 
         rows = lambda x: sorted(map(bytes, x.reshape(len(x), -1)))  # noqa: E731
         assert rows(whole[0]) == rows(np.concatenate([first[0], second[0]]))
         assert not set(rows(first[0])) & set(rows(second[0]))
+
+
+def test_images_of_varying_size_without_a_stored_size_fail_naming_the_file(tmp_path):
+    root = write_folder(tmp_path / "mixed", counts=(2, 1, 1), sizes=lambda i: (6 + i, 5))
+    split = open_split("anything", "test", data_dir=root)
+    transform = make_transform("none", (0.5,) * 3, (0.25,) * 3, train=False)
+    with pytest.raises(ValueError, match=r"image '.*01\.png' has shape \(7, 5, 3\), expected \(6, 5, 3\)"):
+        list(stream.eval_batches(split, 4, transform))

@@ -93,9 +93,11 @@ class StreamSplit:
             raise ValueError(f"workers must be >= 0 and threads >= 1, got {workers} and {threads}")
         return dataclasses.replace(self, workers=workers, threads=threads)
 
-    def examples(self, decoder: Decoder | None = None) -> _Examples:
-        """Example ``i`` as ``(uint8 image, label)``, decoded by ``decoder`` (default: as in memory)."""
-        return _Examples(self.records, self.positions, self.labels, decoder or Decoder(self.stored_size, self.gray))
+    def examples(self, decoder: Decoder | None = None, checked: bool = False) -> _Examples:
+        """Example ``i`` as ``(uint8 image, label)``, decoded by ``decoder`` (default: as in memory);
+        ``checked``: every image must have the first one's shape (one clear error naming the file)."""
+        examples = _Examples(self.records, self.positions, self.labels, decoder or Decoder(self.stored_size, self.gray))
+        return dataclasses.replace(examples, shape=examples[0][0].shape) if checked and len(self) else examples
 
     @functools.cached_property
     def images(self) -> _LazyImages:
@@ -113,13 +115,18 @@ class _Examples:
     positions: np.ndarray
     labels: np.ndarray
     decoder: Decoder
+    shape: tuple[int, ...] | None = None  # every decoded image's, if checked
 
     def __len__(self) -> int:
         return len(self.positions)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.int32]:
         p = int(self.positions[i])
-        return self.decoder(self.records[p], self.records.name(p)), self.labels[i]
+        image = self.decoder(self.records[p], self.records.name(p))
+        if self.shape is not None and image.shape != self.shape:
+            raise ValueError(f"image {self.records.name(p)!r} has shape {image.shape}, expected {self.shape} like the "
+                             "first; images of varying size need a dataset with a stored size (e.g. imagenette)")
+        return image, self.labels[i]
 
 
 class _LazyImages:
@@ -285,7 +292,8 @@ def train_iterator(split: StreamSplit, seed: int, epoch: int, batch_size: int, a
     if steps == 0:
         raise ValueError(f"batch_size {batch_size} must be in [1, {n}] for {n} examples")
     decoder = Decoder(None if augmentation == "imagenet" else split.stored_size, split.gray)
-    dataset = grain.MapDataset.source(split.examples(decoder)).shuffle(seed=seed % 2**32)
+    dataset = grain.MapDataset.source(split.examples(decoder, checked=augmentation != "imagenet"))
+    dataset = dataset.shuffle(seed=seed % 2**32)
     dataset = dataset.random_map(_Augment(HostAugment(augmentation, image_size)), seed=seed % 2**32).repeat()
     start = epoch * n + jax.process_index()
     dataset = dataset[start : start + steps * batch_size : processes].batch(local, drop_remainder=True)
@@ -302,7 +310,7 @@ def eval_iterator(split: StreamSplit, batch_size: int) -> BatchIterator:
     steps = -(-n // batch_size)
     local = batch_size // processes
     order = np.arange(steps * batch_size).reshape(steps, processes, local)[:, jax.process_index()].ravel()
-    dataset = grain.MapDataset.source(order).map(_Padded(split.examples())).batch(local)
+    dataset = grain.MapDataset.source(order).map(_Padded(split.examples(checked=True))).batch(local)
     return BatchIterator(_iter_dataset(split, dataset), 0, steps)
 
 
