@@ -383,6 +383,9 @@ def _add_eval(subparsers) -> None:
     p.add_argument("--subset", type=int, metavar="N",
                    help="evaluate a fixed class-balanced subset of N examples (a sweep's test_size)")
     _add_precision(p, "the forward pass")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="read the split record by record on host workers (--no-stream: into memory; "
+                        "default: by its decoded size)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_eval)
 
@@ -405,6 +408,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(
         args.model, args.checkpoint, args.dataset, split=args.split, data_dir=args.data_dir,
         tfds_data_dir=args.tfds_data_dir, batch_size=args.batch_size, subset=args.subset, precision=args.precision,
+        stream=args.stream,
     )
     if args.json:
         print(json.dumps(result))

@@ -238,6 +238,9 @@ class ExperimentConfig:
         precision: ``"float32"`` (default) or ``"bfloat16"``: the compute dtype of finetuning
             and evaluation (``sbjax.precision``: float32 master weights, exact masks). Part of
             the id only when not float32, so the ids of float32 results stay as they were.
+        stream: read the data record by record on host workers (``True``, ``sbjax.data.stream``),
+            into memory (``False``), or choose by the decoded size (``None``, default). Streamed
+            training augments on the host, so a set value enters the id.
     """
 
     dataset: str
@@ -259,6 +262,7 @@ class ExperimentConfig:
     nm: str | None = None
     latency: int | None = None
     precision: str = precision_lib.DEFAULT
+    stream: bool | None = None
 
     def __post_init__(self):
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "finetune"}
@@ -310,6 +314,7 @@ class ExperimentConfig:
             schedule=None if self.schedule == schedules_lib.DEFAULT else _schedule_identity(self.schedule),
             nm=self.nm, latency=self.latency,
             precision=None if self.precision == precision_lib.DEFAULT else self.precision,
+            stream=self.stream,
         )  # fmt: skip
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -383,7 +388,8 @@ class SweepConfig:
     reruns the same mask, so give such a sweep one compression, or read ``real_compression``.
     ``latency`` (a batch size) times the dense and the slimmed model of every pruned
     experiment (see ``ExperimentConfig.latency``). ``precision`` (``"float32"`` or
-    ``"bfloat16"``) is every experiment's compute precision (see ``ExperimentConfig.precision``).
+    ``"bfloat16"``) is every experiment's compute precision (see ``ExperimentConfig.precision``). ``stream`` is
+    ``ExperimentConfig.stream``.
     """
 
     datasets: tuple[str, ...]
@@ -405,6 +411,7 @@ class SweepConfig:
     nm: str | None = None
     latency: int | None = None
     precision: str = precision_lib.DEFAULT
+    stream: bool | None = None
 
     def __post_init__(self):
         for field in ("datasets", "models", "strategies", "compressions", "seeds", "schedules"):
@@ -442,7 +449,7 @@ class SweepConfig:
         nm = {st: self.nm if self.nm is not None and _own_pattern(st) else None for st in self.strategies}
         common = dict(data_dir=self.data_dir, val_size=self.val_size, test_size=self.test_size, preset=self.preset,
                       finetune=self.finetune, score_batch=self.score_batch, scoring=self.scoring,
-                      precision=self.precision)  # fmt: skip
+                      precision=self.precision, stream=self.stream)  # fmt: skip
         timed = dict(latency=self.latency)
         out = []
         for dataset in self.datasets:

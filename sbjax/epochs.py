@@ -8,6 +8,7 @@ from these.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import shutil
 import sys
@@ -23,6 +24,7 @@ import numpy as np
 
 from sbjax import checkpoints
 from sbjax import train as train_lib
+from sbjax.data import stream as streaming
 from sbjax.data.augment import Transform
 from sbjax.data.batches import epoch_batches, eval_batches, steps_per_epoch
 from sbjax.optim import FinetuneConfig
@@ -37,6 +39,7 @@ __all__ = [
     "Mask",
     "Progress",
     "Variables",
+    "Within",
     "eval_sums",
     "should_stop",
     "train_epoch",
@@ -91,11 +94,19 @@ def variables_of(state: train_lib.TrainState) -> Variables:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def eval_sums(eval_step: train_lib.EvalStep, variables: Variables, images: jax.Array, labels: jax.Array,
+Data = tuple[jax.Array, jax.Array] | streaming.StreamSplit
+"""A split the loop reads: ``(images, labels)`` on the device, or a :class:`~sbjax.data.StreamSplit`."""
+
+
+def eval_sums(eval_step: train_lib.EvalStep, variables: Variables, data: Data,
               transform: Transform, batch_size: int) -> dict[str, jax.Array]:  # fmt: skip
     """Validation sums over a split: scalars for one model, (K,) vectors for K stacked models."""
     totals = {"loss": 0.0, "top1": 0, "top5": 0, "count": 0}
-    for x, y, valid in eval_batches(images, labels, batch_size, transform):
+    if isinstance(data, streaming.StreamSplit):
+        batches = streaming.eval_batches(data, batch_size, transform)
+    else:
+        batches = eval_batches(*data, batch_size, transform)
+    for x, y, valid in batches:
         sums = eval_step(variables["params"], variables["batch_stats"], x, y, valid)
         totals = {k: totals[k] + sums[k] for k in totals}
     return totals
@@ -112,32 +123,68 @@ def _fold_in(key: jax.Array, data: int) -> jax.Array:
     return jax.random.fold_in(key, data) if key.ndim == 0 else jax.vmap(jax.random.fold_in, (0, None))(key, data)
 
 
-def train_epoch(step: train_lib.TrainStep, state: train_lib.TrainState, data: tuple[jax.Array, jax.Array],
+def train_epoch(step: train_lib.TrainStep, state: train_lib.TrainState, data: Data,
                 key: jax.Array, epoch: int, settings: FinetuneConfig, transform: Transform, progress: Progress,
-                epochs: int, updates: Any = None) -> tuple[train_lib.TrainState, tuple[jax.Array, jax.Array, int]]:  # fmt: skip
+                epochs: int, updates: Any = None,
+                within: Within | None = None) -> tuple[train_lib.TrainState, tuple[jax.Array, jax.Array, int]]:  # fmt: skip
     """One epoch of one model (``key`` of shape ``()``) or of K stacked models (``key`` (K,)).
 
     Batch orders and augmentation derive from ``fold_in(key, 0)``, dropout from
     ``fold_in(key, 1)``; ``epochs`` is only shown in the progress bar. ``updates``
     (``sbjax.finetune.MaskUpdates``) changes the masks before the steps it names, counted
-    from the first step of the run (epoch ``e``'s step ``i`` is ``e * steps + i``).
+    from the first step of the run (epoch ``e``'s step ``i`` is ``e * steps + i``). A streamed
+    ``data`` gives each model the batches of its own key's pipeline
+    (:class:`sbjax.data.stream.TrainFeed`, augmented on host workers). ``within`` saves and
+    resumes the epoch part way (:class:`Within`).
 
     Returns:
         The state and ``(summed loss, summed top-1 count, steps)``, per model for K models.
     """
-    images, labels = data
-    steps = steps_per_epoch(labels.shape[0], settings.batch_size)
+    steps = steps_per_epoch(len(data) if isinstance(data, streaming.StreamSplit) else data[1].shape[0],
+                            settings.batch_size)  # fmt: skip
     steps = min(steps, settings.steps_per_epoch or steps)
+    within = within or Within()
     loss, top1 = jnp.zeros(key.shape), jnp.zeros(key.shape, jnp.int32)
+    if within.start:
+        loss, top1 = within.loss, within.top1
     dropout = _fold_in(_fold_in(key, 1), epoch)
-    batches = epoch_batches(images, labels, _fold_in(key, 0), epoch, settings.batch_size, transform)
-    for i, (x, y) in enumerate(itertools.islice(batches, steps)):
-        if updates is not None and epoch * steps + i in updates.steps:
-            state = updates.update(epoch * steps + i, state)
-        state, metrics = step(state, x, y, _fold_in(dropout, i))
-        loss, top1 = loss + metrics["loss"], top1 + metrics["top1"]
-        progress.step(epoch + 1, epochs, i + 1, steps)
+    if isinstance(data, streaming.StreamSplit):
+        batches = streaming.TrainFeed(data, _fold_in(key, 0), epoch, settings.batch_size, transform, within.feed)
+    else:
+        batches = epoch_batches(*data, _fold_in(key, 0), epoch, settings.batch_size, transform, start=within.start)
+    try:
+        for i, (x, y) in enumerate(itertools.islice(batches, steps - within.start), within.start):
+            if updates is not None and epoch * steps + i in updates.steps:
+                state = updates.update(epoch * steps + i, state)
+            state, metrics = step(state, x, y, _fold_in(dropout, i))
+            loss, top1 = loss + metrics["loss"], top1 + metrics["top1"]
+            progress.step(epoch + 1, epochs, i + 1, steps)
+            if within.save is not None and within.every and (i + 1) % within.every == 0 and i + 1 < steps:
+                within.save(i + 1, state, loss, top1, batches.get_state() if hasattr(batches, "get_state") else None)
+    finally:
+        getattr(batches, "close", lambda: None)()
     return state, (loss, top1, steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Within:
+    """Checkpoints within an epoch, for :func:`train_epoch`.
+
+    Attributes:
+        every: save after every this many steps of an epoch (0: never).
+        save: ``save(steps_done, state, loss, top1, feed_state)``: ``feed_state`` is the streamed
+            input's iterator states (``sbjax.data.stream.TrainFeed.get_state``), ``None`` in memory.
+        start: resume the epoch at this step, with the sums ``loss`` and ``top1`` of the steps
+            before it and the streamed input's ``feed`` states (batches in memory are a function
+            of the key, the epoch and the step).
+    """
+
+    every: int = 0
+    save: Callable[..., None] | None = None
+    start: int = 0
+    loss: Any = None
+    top1: Any = None
+    feed: list[dict[str, Any]] | None = None
 
 
 def train_scores(loss: jax.Array, top1: jax.Array, steps: int, batch_size: int) -> dict[str, float]:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 import jax
 import numpy as np
 
+from sbjax.data import stream as streaming
 from sbjax.data.augment import make_transform
 from sbjax.data.arrays import ImageData
 from sbjax.data.batches import eval_batches, to_device
@@ -22,7 +23,7 @@ Transform = Callable[[jax.Array, jax.Array], jax.Array]
 def evaluate(
     eval_step: EvalStep,
     variables: Mapping[str, object],
-    data: ImageData,
+    data: ImageData | streaming.StreamSplit,
     *,
     mean: tuple[float, ...],
     std: tuple[float, ...],
@@ -37,7 +38,7 @@ def evaluate(
         eval_step: ``eval_step(params, batch_stats, x, y, valid) -> {"loss", "top1", "top5",
             "count"}`` returning sums over valid rows, e.g. ``sbjax.train.make_eval_step``.
         variables: ``{"params": ..., "batch_stats": ...}``.
-        data: The split.
+        data: The split, in memory or streamed (``sbjax.data.stream``: the same scores).
         mean: Normalization mean (the checkpoint's own, if it has one).
         std: Normalization standard deviation.
         augmentation: The dataset's augmentation kind; its evaluation transform is used.
@@ -52,10 +53,13 @@ def evaluate(
     """
     if transform is None:
         transform = make_transform(augmentation, mean, std, train=False, image_size=image_size)
-    images, labels = to_device(data.images, data.labels)
+    if isinstance(data, streaming.StreamSplit):  # read record by record, evaluated with the same transform
+        batches = streaming.eval_batches(data, batch_size, transform)
+    else:
+        batches = eval_batches(*to_device(data.images, data.labels), batch_size, transform)
     totals = {"loss": 0.0, "top1": 0, "top5": 0, "count": 0}
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    for x, y, valid in eval_batches(images, labels, batch_size, transform):
+    for x, y, valid in batches:
         sums = eval_step(params, batch_stats, x, y, valid)
         totals = {k: totals[k] + np.asarray(sums[k]).item() for k in totals}
     n = totals["count"]
@@ -77,6 +81,7 @@ def evaluate_model(
     input_shape: tuple[int, ...] | None = None,
     model: object | None = None,
     precision: str = "float32",
+    stream: bool | None = None,
 ) -> dict[str, object]:
     """Evaluates registered model ``model_name`` with ``variables`` on a dataset split.
 
@@ -98,6 +103,8 @@ def evaluate_model(
             ``sbjax.slim.SlimModel``); default: the registered model.
         precision: ``"float32"`` or ``"bfloat16"`` compute (``sbjax.precision``; the logits'
             softmax is float32 either way).
+        stream: Read the split record by record (``True``), into memory (``False``), or choose
+            by size (``None``; see ``sbjax.data.stream.load_split``).
 
     Returns:
         ``top1``, ``top5``, ``loss`` and ``count`` (as :func:`evaluate`), with ``model``,
@@ -108,7 +115,8 @@ def evaluate_model(
 
     check_precision(precision)  # fail before loading the data
 
-    split_data = data.load(dataset, split, data_dir=data_dir, tfds_data_dir=tfds_data_dir, verbose=verbose)
+    split_data = data.load_split(dataset, split, stream=stream, data_dir=data_dir, tfds_data_dir=tfds_data_dir,
+                                 verbose=verbose)  # fmt: skip
     split_data = data.stratified_subset(split_data, subset)
     spec = data.get_spec(dataset, local=data_dir is not None)
     mean, std = data.resolve_normalization((split_data.mean, split_data.std), normalization)

@@ -48,12 +48,14 @@ from sbjax import train as train_lib
 from sbjax.data.arrays import ImageData
 from sbjax.data.augment import Transform
 from sbjax.data.batches import steps_per_epoch, to_device
+from sbjax.data.stream import StreamSplit
 from sbjax.epochs import (
     EpochStore,
     Log,
     Mask,
     Progress,
     Variables,
+    Within,
     eval_sums,
     should_stop,
     train_epoch,
@@ -143,8 +145,8 @@ def finetune(
     model: nn.Module,
     variables: Variables,
     mask: Mask,
-    train: ImageData,
-    val: ImageData,
+    train: ImageData | StreamSplit,
+    val: ImageData | StreamSplit,
     settings: FinetuneConfig,
     key: jax.Array,
     **kwargs,
@@ -162,8 +164,8 @@ def finetune_many(
     model: nn.Module,
     variables_list: Sequence[Variables],
     masks: Sequence[Mask],
-    train: ImageData,
-    val: ImageData,
+    train: ImageData | StreamSplit,
+    val: ImageData | StreamSplit,
     settings: FinetuneConfig,
     keys: jax.Array | Sequence[jax.Array],
     *,
@@ -176,6 +178,7 @@ def finetune_many(
     log: Log | None = None,
     precision: str = FLOAT32,
     mesh: Mesh | None = None,
+    checkpoint_every: int = 0,
 ) -> list[FinetuneResult]:
     """Finetunes K models together; result ``k`` equals :func:`finetune` of model ``k`` alone.
 
@@ -184,7 +187,9 @@ def finetune_many(
         variables_list: each model's ``{"params", "batch_stats"}`` to start from (params are
             masked here).
         masks: each model's mask (params' structure and dtypes).
-        train, val: the training and validation splits.
+        train, val: the training and validation splits, in memory or streamed
+            (``sbjax.data.StreamSplit``: batches read and augmented on host workers, each model
+            from its own key's pipeline).
         settings: batch size, epochs, optimizer, early-stopping patience (one for all).
         keys: each model's run key (K typed keys, stacked or a sequence); batch orders,
             augmentation and dropout derive from it.
@@ -202,6 +207,9 @@ def finetune_many(
         mesh: a mesh with a ``"data"`` axis (``sbjax.parallel.data_mesh``): batches split over
             it, states replicated (batch sizes must be multiples of its devices); not with
             ``"sharded"`` execution. ``None``: no data parallelism.
+        checkpoint_every: with a ``checkpoint_dir``, also save after every this many steps of an
+            epoch (in ``checkpoint_dir/within-epoch``, with a streamed input's iterator states),
+            so a run killed mid-epoch resumes at the step it reached, with the same result.
     """
     k = len(variables_list)
     if k == 0 or len(masks) != k:
@@ -219,7 +227,9 @@ def finetune_many(
     if saved is not None:
         (state, best, best_mask), meta = saved
         run = _Group(state, best, best_mask, [list(h) for h in meta["history"]], [bool(d) for d in meta["done"]])
-    train_data, val_data = to_device(train.images, train.labels), to_device(val.images, val.labels)
+    within_store = None if store is None or not checkpoint_every else EpochStore(Path(checkpoint_dir) / "within-epoch", tag)
+    run, within = _resume_within(run, within_store, checkpoint_every)
+    train_data, val_data = _on_device(train), _on_device(val)
     per_epoch = total_steps(settings, len(train.labels)) // max(settings.epochs, 1)
     final = 0 if updates is None else updates.final
     progress = Progress(log)
@@ -227,7 +237,8 @@ def finetune_many(
         epoch, start = run.epochs(), time.perf_counter()
         run.state, (loss, top1, steps) = train_epoch(step, run.state, train_data, keys, epoch, settings,
                                                       transform_train, progress, settings.epochs,
-                                                      updates=updates)  # fmt: skip
+                                                      updates=updates, within=within)  # fmt: skip
+        within = dataclasses.replace(within, start=0, loss=None, top1=None, feed=None)
         sums = _validate(model, eval_step, execution, variables_of(run.state), val_data, transform_eval,
                          eval_batch_size, precision=precision, mesh=mesh)  # fmt: skip
         seconds = time.perf_counter() - start
@@ -242,6 +253,26 @@ def finetune_many(
     return [_result(run, i, "batch_stats" in variables_list[i]) for i in range(k)]
 
 
+def _resume_within(run: _Group, store: EpochStore | None, every: int) -> tuple[_Group, Within]:
+    """The group and the :class:`~sbjax.epochs.Within` of a run: its latest mid-epoch checkpoint
+    (if it is of the epoch the run is at) to resume from, and the saving of new ones."""
+    if store is None:
+        return run, Within()
+    k = len(run.done)
+
+    def save(done: int, state, loss, top1, feed) -> None:
+        meta = {"history": run.history, "done": run.done, "epoch": run.epochs(), "step": done, "feed": feed}
+        store.save(run.epochs() * 10**9 + done, (state, run.best, run.best_mask, loss, top1), meta)
+
+    zeros = (jnp.zeros((k,)), jnp.zeros((k,), jnp.int32))
+    saved = store.restore((run.state, run.best, run.best_mask, *zeros))
+    if saved is None or saved[1]["epoch"] != run.epochs():
+        return run, Within(every, save)
+    (state, best, best_mask, loss, top1), meta = saved
+    run = _Group(state, best, best_mask, [list(h) for h in meta["history"]], [bool(d) for d in meta["done"]])
+    return run, Within(every, save, int(meta["step"]), loss, top1, meta["feed"])
+
+
 def _validate(model, eval_step, execution: str, variables: Variables, data, transform: Transform, batch_size: int,
               *, precision: str = FLOAT32, mesh: Mesh | None = None):  # fmt: skip
     """Validation sums of K stacked models, shape (K,) each.
@@ -251,9 +282,14 @@ def _validate(model, eval_step, execution: str, variables: Variables, data, tran
     """
     if execution == "sequential" and jax.tree.leaves(variables)[0].shape[0] == 1:
         one = train_lib.eval_step_for(model, precision, mesh)
-        sums = eval_sums(one, stacked.index(variables, 0), *data, transform, batch_size)
+        sums = eval_sums(one, stacked.index(variables, 0), data, transform, batch_size)
         return jax.tree.map(lambda a: jnp.asarray(a)[None], sums)
-    return eval_sums(eval_step, variables, *data, transform, batch_size)
+    return eval_sums(eval_step, variables, data, transform, batch_size)
+
+
+def _on_device(data: ImageData | StreamSplit):
+    """An in-memory split put on the device; a streamed one is read batch by batch (``sbjax.epochs.Data``)."""
+    return data if isinstance(data, StreamSplit) else to_device(data.images, data.labels)
 
 
 def _eligible(history: list[dict[str, float]]) -> list[dict[str, float]]:

@@ -40,14 +40,15 @@ class Setup:
     """What the experiments of one (dataset, model, checkpoint) share.
 
     A setup without data (dataset :data:`NO_DATA`) has a noise train split and no ``val`` or
-    ``test`` split.
+    ``test`` split. Splits too large for memory (or a config's ``stream``) are
+    :class:`~sbjax.data.StreamSplit` s, read record by record.
     """
 
     model: Any
     variables: Variables
-    train: data_lib.ImageData
-    val: data_lib.ImageData | None
-    test: data_lib.ImageData | None
+    train: data_lib.ImageData | data_lib.StreamSplit
+    val: data_lib.ImageData | data_lib.StreamSplit | None
+    test: data_lib.ImageData | data_lib.StreamSplit | None
     spec: data_lib.DatasetSpec
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -78,7 +79,7 @@ class Setup:
 def setup_key(config: ExperimentConfig) -> tuple:
     """Experiments with equal keys share one :class:`Setup`."""
     return (config.dataset, config.model, config.checkpoint, config.data_dir, config.val_size, config.test_size,
-            None if config.checkpoint else config.seed)  # fmt: skip
+            None if config.checkpoint else config.seed, config.stream)  # fmt: skip
 
 
 def _model(config: ExperimentConfig, num_classes: int | None, shape: tuple[int, ...] | None):
@@ -100,8 +101,8 @@ def prepare(config: ExperimentConfig, *, verbose: bool = True, num_classes: int 
     """
     if config.dataset == NO_DATA:
         return _prepare_without_data(config, num_classes, input_shape)
-    load = functools.partial(data_lib.load, config.dataset, data_dir=config.data_dir, val_size=config.val_size,
-                             verbose=verbose)  # fmt: skip
+    load = functools.partial(data_lib.load_split, config.dataset, data_dir=config.data_dir, val_size=config.val_size,
+                             verbose=verbose, stream=config.stream)  # fmt: skip
     splits = {split: load(split) for split in ("train", "validation", "test")}
     splits["test"] = data_lib.stratified_subset(splits["test"], config.test_size)
     spec = data_lib.get_spec(config.dataset, local=config.data_dir is not None)

@@ -73,11 +73,13 @@ def make_multi_batch_fn(transform: Transform, batch_size: int) -> BatchFn:
 
 
 def epoch_batches(
-    images: jax.Array, labels: jax.Array, keys: jax.Array, epoch: int, batch_size: int, transform: Transform
+    images: jax.Array, labels: jax.Array, keys: jax.Array, epoch: int, batch_size: int, transform: Transform,
+    start: int = 0,
 ) -> Iterator[tuple[jax.Array, jax.Array]]:
     """Yields one epoch of batches for K models (``keys`` of shape (K,)): ``(K, B, ...)`` arrays.
 
-    A single key (shape ``()``) yields per-model batches ``(B, ...)`` instead.
+    A single key (shape ``()``) yields per-model batches ``(B, ...)`` instead. ``start`` skips
+    the epoch's first batches (a resumed epoch: the rest are the same).
     """
     if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
         raise ValueError(f"keys must be typed keys from jax.random.key (shape () or (K,)), got {keys.dtype} {keys.shape}")
@@ -87,7 +89,7 @@ def epoch_batches(
     else:
         order = jax.vmap(epoch_order, in_axes=(0, None, None))(keys, epoch, n)
         fn = make_multi_batch_fn(transform, batch_size)
-    for step in range(steps_per_epoch(n, batch_size)):
+    for step in range(start, steps_per_epoch(n, batch_size)):
         yield fn(images, labels, order, keys, epoch, step)
 
 

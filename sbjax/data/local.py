@@ -43,7 +43,7 @@ def load_local(path: str | Path, split: str, spec: DatasetSpec, verbose: bool = 
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"data directory or archive {str(path)!r} does not exist")
-    if not path.is_dir() and not _is_tarfile(path):
+    if not path.is_dir() and not is_tarfile(path):
         raise ValueError(f"{str(path)!r} is neither a directory nor a tar/tar.gz archive of {LAYOUT}")
     source = str(path.resolve()) if path.is_dir() else None  # an archive is known by its sha256
     key = cache.cache_key(source=source, fingerprint=cache.fingerprint(path), split=split,
@@ -52,7 +52,7 @@ def load_local(path: str | Path, split: str, spec: DatasetSpec, verbose: bool = 
 
 
 def _decode_split(path: Path, split: str, spec: DatasetSpec, verbose: bool) -> ImageData:
-    entries = _folder_entries(path) if path.is_dir() else _archive_entries(path)
+    entries = folder_entries(path) if path.is_dir() else archive_entries(path)
     classes = tuple(sorted({c for _, c, _ in entries}))
     chosen = sorted((classes.index(c), name) for s, c, name in entries if s == split)
     if not chosen:
@@ -71,7 +71,8 @@ def _split_layout(name: str, parts: list[str]) -> Entry | None:
     return parts[-3], parts[-2], name
 
 
-def _folder_entries(root: Path) -> list[Entry]:
+def folder_entries(root: Path) -> list[Entry]:
+    """Every image of a folder laid out as :data:`LAYOUT`, as ``(split, class, path)``."""
     entries = [
         entry for path in root.glob("*/*/*")
         if path.is_file() and (entry := _split_layout(str(path), path.relative_to(root).parts))
@@ -82,7 +83,7 @@ def _folder_entries(root: Path) -> list[Entry]:
 
 
 @contextlib.contextmanager
-def _archive_errors(path: Path) -> Iterator[None]:
+def archive_errors(path: Path) -> Iterator[None]:
     """Turns the errors of reading a damaged tar or tar.gz into one that names the archive."""
     try:
         yield
@@ -91,13 +92,15 @@ def _archive_errors(path: Path) -> Iterator[None]:
                          "copy or download it again") from None
 
 
-def _is_tarfile(path: Path) -> bool:
-    with _archive_errors(path):
+def is_tarfile(path: Path) -> bool:
+    """Whether ``path`` is a tar or compressed tar archive (a damaged one: one clear error)."""
+    with archive_errors(path):
         return tarfile.is_tarfile(path)
 
 
-def _archive_entries(path: Path) -> list[Entry]:
-    with _archive_errors(path), tarfile.open(path) as tar:
+def archive_entries(path: Path) -> list[Entry]:
+    """Every image member of an archive laid out as :data:`LAYOUT`, as ``(split, class, member name)``."""
+    with archive_errors(path), tarfile.open(path) as tar:
         names = [m.name for m in tar.getmembers() if m.isfile()]
     entries = [e for n in names if (e := _split_layout(n, n.strip("/").split("/")))]
     tops = {tuple(n.strip("/").split("/")[:-3]) for _, _, n in entries}
@@ -112,7 +115,7 @@ def _read_blobs(path: Path, names: list[str]) -> Iterator[tuple[int, bytes]]:
         yield from ((i, Path(n).read_bytes()) for i, n in enumerate(names))
         return
     position = {n: i for i, n in enumerate(names)}
-    with _archive_errors(path), tarfile.open(path) as tar:
+    with archive_errors(path), tarfile.open(path) as tar:
         for member in tar:
             if member.name in position:
                 yield position[member.name], tar.extractfile(member).read()

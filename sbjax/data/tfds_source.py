@@ -45,12 +45,12 @@ def load_tfds(
 
     builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
     if spec.manual and not builder.is_prepared():
-        _check_manual_dir(builder)
+        check_manual_dir(builder)
     key = cache.cache_key(tfds=spec.tfds_name, version=str(builder.version), data_dir=str(builder.data_dir),
                           split=split, stored_size=spec.stored_size, mean=spec.mean, std=spec.std)
 
     def build() -> ImageData:
-        source = _open_source(tfds, builder, spec, split, data_dir, download)
+        source = open_source(tfds, builder, spec, split, data_dir, download)
         names = tuple(builder.info.features["label"].names)
         images, labels = _decode(source, spec.stored_size, f"{spec.tfds_name} {split}" if verbose else None)
         return ImageData(images, labels, names, spec.mean, spec.std)
@@ -58,7 +58,7 @@ def load_tfds(
     return cache.cached(key, build)
 
 
-def _open_source(tfds: Any, builder: Any, spec: DatasetSpec, split: str, data_dir: str | None, download: bool) -> Any:
+def open_source(tfds: Any, builder: Any, spec: DatasetSpec, split: str, data_dir: str | None, download: bool) -> Any:
     """TFDS's data source of ``split``; an unprepared dataset is downloaded only if its servers answer.
 
     A manual dataset is prepared from the files the user put in place, with no network.
@@ -109,7 +109,8 @@ def reachable(urls: Sequence[str], timeout: float = PROBE_TIMEOUT_S) -> bool:
     return any(answers)
 
 
-def _check_manual_dir(builder: Any) -> None:
+def check_manual_dir(builder: Any) -> None:
+    """Raises one clear error if a manual-download dataset's files are not in TFDS's manual directory."""
     manual = builder.data_dir_root / "downloads" / "manual"
     if not manual.exists() or not any(manual.iterdir()):
         raise ValueError(
