@@ -115,3 +115,67 @@ def test_gpt2_rejects_float_or_too_long_inputs():
         model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.float32))
     with pytest.raises(ValueError, match="exceeds n_positions=32"):
         model.init(jax.random.key(0), jnp.zeros((1, 33), jnp.int32))
+
+
+TINY_VIT = dict(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128)
+
+
+def _torch_vit(seed=0, num_classes=10, **sizes):
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.VisionTransformer(**(sizes or TINY_VIT), num_classes=num_classes).eval()
+    with torch.no_grad():  # torchvision zeroes the head and the class token: make them count
+        model.heads.head.weight.normal_(0, 0.5)
+        model.heads.head.bias.normal_(0, 0.5)
+        model.class_token.normal_(0, 1.0)
+    return model
+
+
+def test_vit_b_16_parameter_count_and_layout():
+    variables = models.abstract_variables("vit_b_16")
+    assert _size(variables) == 86_567_656  # torchvision's vit_b_16
+    params = variables["params"]
+    assert sorted(params) == ["class_token", "conv_proj", "encoder", "heads"]
+    block = jax.tree.map(lambda s: s.shape, params["encoder"]["layers"]["encoder_layer_11"])
+    assert block["self_attention"]["in_proj"]["kernel"] == (768, 2304)
+    assert block["mlp_0"]["kernel"] == (768, 3072) and block["mlp_3"]["kernel"] == (3072, 768)
+    assert params["encoder"]["pos_embedding"].shape == (1, 197, 768)
+    assert models.classifier("vit_b_16") == "heads/head" and models.spec("vit_b_16").exclude == ("conv_proj",)
+
+
+def test_vit_cifar_parameter_count():
+    # 192*(3*16) + 192 conv, 192 class token, 65*192 positions, 6 blocks, final norm, 192*10 + 10 head
+    block = 2 * 2 * 192 + (192 * 576 + 576) + (192 * 192 + 192) + (192 * 768 + 768) + (768 * 192 + 192)
+    expected = 192 * 48 + 192 + 192 + 65 * 192 + 6 * block + 2 * 192 + 1930
+    assert _size(models.abstract_variables("vit_cifar")) == expected
+    import torchvision
+
+    twin = torchvision.models.VisionTransformer(32, 4, 6, 3, 192, 768, num_classes=10)
+    assert expected == sum(p.numel() for p in twin.parameters())
+
+
+def test_vit_parity_with_torchvision():
+    from sbjax.models import vit
+
+    torch_model = _torch_vit()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = torch_model(x).numpy()
+    model = vit.ViT(vit.ViTConfig(**TINY_VIT), num_classes=10)
+    target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    variables = porting.from_vit_state_dict(torch_model.state_dict(), target)
+    logits = np.asarray(model.apply(variables, x.permute(0, 2, 3, 1).numpy()))
+    assert logits.shape == expected.shape == (2, 10) and np.abs(expected).max() > 0.1
+    assert np.abs(logits - expected).max() <= TOL
+
+
+def test_vit_port_state_dict_uses_the_registry_layout():
+    import torchvision
+
+    torch_model = torchvision.models.VisionTransformer(32, 4, 6, 3, 192, 768, num_classes=10)
+    variables = porting.port_state_dict("vit_cifar", torch_model.state_dict(), models.abstract_variables("vit_cifar"))
+    kernel = variables["params"]["encoder"]["layers"]["encoder_layer_5"]["self_attention"]["in_proj"]["kernel"]
+    np.testing.assert_array_equal(kernel, torch_model.encoder.layers[5].self_attention.in_proj_weight.detach().numpy().T)
+    with pytest.raises(porting.PortingError, match="missing key"):
+        porting.port_state_dict("resnet20", torch_model.state_dict(), models.abstract_variables("resnet20"))

@@ -38,6 +38,7 @@ from sbjax.models.mnist import MLP, MnistNet
 from sbjax.models.mobilenet import MobileNetV2
 from sbjax.models.resnet import ResNet
 from sbjax.models.vgg import VGG
+from sbjax.models.vit import VIT_B_16, VIT_CIFAR, ViT
 
 __all__ = [
     "ModelSpec",
@@ -138,6 +139,14 @@ REGISTRY: dict[str, ModelSpec] = {
     "vgg16_bn": ModelSpec(VGG, 1000, _IMAGENET, "torchvision VGG-16 with batch norm", "classifier_6"),
     "mobilenet_v2": ModelSpec(
         MobileNetV2, 1000, _IMAGENET, "torchvision MobileNetV2 (depthwise convolutions)", "classifier_1"
+    ),
+    "vit_b_16": ModelSpec(
+        functools.partial(ViT, VIT_B_16), 1000, _IMAGENET, "torchvision ViT-B/16 (16x16 patches, 12 layers, width 768)",
+        "heads/head", exclude=("conv_proj",), layout="torchvision_vit",
+    ),
+    "vit_cifar": ModelSpec(
+        functools.partial(ViT, VIT_CIFAR), 10, _CIFAR, "small ViT for 32x32 inputs (4x4 patches, 6 layers, width 192)",
+        "heads/head", exclude=("conv_proj",), layout="torchvision_vit",
     ),
     "gpt2": _gpt2(GPT2_SMALL, "GPT-2 124M (Hugging Face layout, tied LM head), token ids in, next-token logits out"),
 }
