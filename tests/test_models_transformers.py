@@ -179,3 +179,59 @@ def test_vit_port_state_dict_uses_the_registry_layout():
     np.testing.assert_array_equal(kernel, torch_model.encoder.layers[5].self_attention.in_proj_weight.detach().numpy().T)
     with pytest.raises(porting.PortingError, match="missing key"):
         porting.port_state_dict("resnet20", torch_model.state_dict(), models.abstract_variables("resnet20"))
+
+
+def _gpt2_prunable(n_layer):
+    modules = [f"h_{i}/{m}" for i in range(n_layer) for m in ("attn/c_attn", "attn/c_proj", "mlp/c_fc", "mlp/c_proj")]
+    return sorted(f"{m}/{leaf}" for m in modules for leaf in ("bias", "kernel"))
+
+
+def test_transformer_selection_from_the_forward_pass():
+    from sbjax import selection
+
+    model = _tiny_gpt2()
+    params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    x = jax.ShapeDtypeStruct((1, 4), jnp.int32)
+    found = selection.Selection.from_model(lambda p, x: model.apply({"params": p}, x), params, x)
+    assert (found.classifier, found.exclude) == (None, ("wte",))  # the tied LM head
+    assert selection.prunable_paths(params, found) == _gpt2_prunable(2)  # no embedding, no layer norm
+    assert selection.prunable_paths(params, models.selection("gpt2")) == _gpt2_prunable(2)
+
+
+def test_vit_default_selection_excludes_patch_embedding_and_head():
+    from sbjax import selection
+
+    params = models.abstract_variables("vit_cifar")["params"]
+    paths = selection.prunable_paths(params, models.selection("vit_cifar"))
+    blocks = [f"encoder/layers/encoder_layer_{i}" for i in range(6)]
+    modules = [f"{b}/{m}" for b in blocks for m in ("self_attention/in_proj", "self_attention/out_proj", "mlp_0", "mlp_3")]
+    assert paths == sorted(f"{m}/{leaf}" for m in modules for leaf in ("bias", "kernel"))
+
+
+def _gpt2_macs(seq, n_layer=12, e=768, vocab=50257):
+    per_layer = seq * (e * 3 * e + e * e + 2 * e * 4 * e) + 2 * seq * seq * e  # projections, MLP, q@k^T and p@v
+    return n_layer * per_layer + seq * e * vocab  # the tied LM head
+
+
+def test_gpt2_metrics_per_sequence_and_per_head():
+    from sbjax import metrics
+
+    model = _tiny_gpt2()
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))
+    mask = jax.tree.map(jnp.ones_like, variables["params"])
+    kernel = mask["h_1"]["attn"]["c_attn"]["kernel"]  # width 64, 4 heads of 16: drop head 2's q and v columns
+    mask["h_1"]["attn"]["c_attn"]["kernel"] = kernel.at[:, 32:48].set(0).at[:, 128 + 32 : 128 + 48].set(0)
+    m = metrics.compute_module(model, variables, mask, (16,), dtype=jnp.int32, train=False)
+    assert m.macs == _gpt2_macs(16, 2, 64, 97) and m.params_total == _size(variables)
+    assert [layer.kind for layer in m.layers].count("matmul") == 4  # two activation products per block
+    rows = metrics.head_table(m, mask, gpt2.attention_layers(model.config))
+    assert [(r.layer, r.head) for r in rows] == [(f"h_{i}/attn", h) for i in range(2) for h in range(4)]
+    per_head = 64 * 48 + 16 * 64
+    assert all(r.params == per_head for r in rows)
+    assert [r.nonzero for r in rows] == [per_head] * 6 + [per_head - 2 * 64 * 16, per_head]
+    assert rows[6].density == (per_head - 2 * 64 * 16) / per_head
+    assert all(r.macs == 16 * per_head + 2 * 16 * 16 * 16 for r in rows)
+    assert rows[6].macs_nonzero == 16 * (per_head - 2 * 64 * 16) + 2 * 16 * 16 * 16
+    # the heads of a block add up to its projections and its attention matmuls
+    block = [layer.macs for layer in m.layers if layer.name.startswith("h_0/attn") or layer.kind == "matmul"][:4]
+    assert sum(r.macs for r in rows[:4]) == sum(block)

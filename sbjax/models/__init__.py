@@ -30,10 +30,12 @@ import jax
 import jax.numpy as jnp
 
 from sbjax import fastconv
+from sbjax import selection as selection_lib
 from sbjax.models.cifar_resnet import CifarResNet
 from sbjax.models.cifar_vgg import CifarVGG
+from sbjax.models import gpt2, vit
 from sbjax.models.gpt2 import GPT2, GPT2_SMALL, GPT2Config
-from sbjax.models.layers import ConvGeneralDilated
+from sbjax.models.layers import AttentionLayer, ConvGeneralDilated
 from sbjax.models.mnist import MLP, MnistNet
 from sbjax.models.mobilenet import MobileNetV2
 from sbjax.models.resnet import ResNet
@@ -45,6 +47,7 @@ __all__ = [
     "REGISTRY",
     "TASKS",
     "abstract_variables",
+    "attention",
     "check_input_shape",
     "classifier",
     "create",
@@ -55,6 +58,7 @@ __all__ = [
     "names",
     "num_classes",
     "spec",
+    "selection",
     "task",
 ]
 
@@ -81,6 +85,8 @@ class ModelSpec:
         layout: the state_dict layout its weights port from (``sbjax.models.porting.port_state_dict``):
             ``"torch"`` (module paths mirror PyTorch's), ``"hf_gpt2"`` (Hugging Face GPT-2) or
             ``"torchvision_vit"``.
+        attention: the model's multi-head attention layers (``sbjax.models.layers.AttentionLayer``),
+            for the per-head view of the metrics; empty for models without attention.
     """
 
     build: Callable[..., nn.Module]
@@ -91,6 +97,7 @@ class ModelSpec:
     task: str = "image"
     exclude: tuple[str, ...] = ()
     layout: str = "torch"
+    attention: tuple[AttentionLayer, ...] = ()
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -125,7 +132,8 @@ def _gpt2(config: GPT2Config, description: str) -> ModelSpec:
         del conv_general_dilated  # no convolutions
         return GPT2(dataclasses.replace(config, vocab_size=num_classes))
 
-    return ModelSpec(build, config.vocab_size, (config.n_positions,), description, "wte", task="lm", layout="hf_gpt2")
+    return ModelSpec(build, config.vocab_size, (config.n_positions,), description, "wte", task="lm", layout="hf_gpt2",
+                     attention=gpt2.attention_layers(config))
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -142,11 +150,11 @@ REGISTRY: dict[str, ModelSpec] = {
     ),
     "vit_b_16": ModelSpec(
         functools.partial(ViT, VIT_B_16), 1000, _IMAGENET, "torchvision ViT-B/16 (16x16 patches, 12 layers, width 768)",
-        "heads/head", exclude=("conv_proj",), layout="torchvision_vit",
+        "heads/head", exclude=("conv_proj",), layout="torchvision_vit", attention=vit.attention_layers(VIT_B_16),
     ),
     "vit_cifar": ModelSpec(
         functools.partial(ViT, VIT_CIFAR), 10, _CIFAR, "small ViT for 32x32 inputs (4x4 patches, 6 layers, width 192)",
-        "heads/head", exclude=("conv_proj",), layout="torchvision_vit",
+        "heads/head", exclude=("conv_proj",), layout="torchvision_vit", attention=vit.attention_layers(VIT_CIFAR),
     ),
     "gpt2": _gpt2(GPT2_SMALL, "GPT-2 124M (Hugging Face layout, tied LM head), token ids in, next-token logits out"),
 }
@@ -210,6 +218,28 @@ def check_input_shape(name: str, built_for: Sequence[int] | None, given: Sequenc
 def input_shape(name: str) -> tuple[int, ...]:
     """The default ``(height, width, channels)`` of one input example of model ``name`` (``(seq_len,)`` for an LM)."""
     return spec(name).input_shape
+
+
+def attention(name: str) -> tuple[AttentionLayer, ...]:
+    """Model ``name``'s multi-head attention layers (empty for models without attention)."""
+    return spec(name).attention
+
+
+def selection(name: str) -> selection_lib.Selection:
+    """The default prunable selection of model ``name``: its classifier and ``ModelSpec.exclude`` kept dense.
+
+    A language model's ``classifier`` is its tied token embedding (no kernel), so nothing else is
+    excluded: its attention and MLP kernels (and biases) are prunable.
+
+    >>> selection("vit_b_16")
+    Selection(kinds=('kernel', 'bias'), classifier='heads/head', exclude=('conv_proj',))
+    >>> selection("gpt2")
+    Selection(kinds=('kernel', 'bias'), classifier=None, exclude=('wte',))
+    """
+    model_spec = spec(name)
+    if model_spec.task == "lm":
+        return selection_lib.Selection(classifier=None, exclude=(model_spec.classifier, *model_spec.exclude))
+    return selection_lib.Selection(classifier=model_spec.classifier, exclude=model_spec.exclude)
 
 
 def task(name: str) -> str:

@@ -21,7 +21,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["GPT2", "GPT2Config", "GPT2_SMALL", "causal_probs"]
+from sbjax.models.layers import AttentionLayer
+
+__all__ = ["GPT2", "GPT2Config", "GPT2_SMALL", "attention_layers", "causal_probs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +58,11 @@ class GPT2Config:
 
 #: ``gpt2`` of the Hugging Face hub: 124,439,808 parameters (tied embeddings counted once).
 GPT2_SMALL = GPT2Config()
+
+
+def attention_layers(config: GPT2Config) -> tuple[AttentionLayer, ...]:
+    """The attention of every block: ``h_<i>/attn/c_attn`` (fused q, k, v) and ``h_<i>/attn/c_proj``."""
+    return tuple(AttentionLayer(f"h_{i}/attn/c_attn", f"h_{i}/attn/c_proj", config.n_head) for i in range(config.n_layer))
 
 
 def causal_probs(q: jax.Array, k: jax.Array) -> jax.Array:

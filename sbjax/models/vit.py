@@ -22,9 +22,9 @@ import jax.numpy as jnp
 
 from sbjax import fastconv
 from sbjax.models import layers
-from sbjax.models.layers import ConvGeneralDilated
+from sbjax.models.layers import AttentionLayer, ConvGeneralDilated
 
-__all__ = ["ViT", "ViTConfig", "VIT_B_16", "VIT_CIFAR", "self_attention_probs"]
+__all__ = ["ViT", "ViTConfig", "VIT_B_16", "VIT_CIFAR", "attention_layers", "self_attention_probs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +57,12 @@ VIT_B_16 = ViTConfig()
 VIT_CIFAR = ViTConfig(image_size=32, patch_size=4, num_layers=6, num_heads=3, hidden_dim=192, mlp_dim=768)
 
 _XAVIER = nn.initializers.xavier_uniform()
+
+
+def attention_layers(config: ViTConfig) -> tuple[AttentionLayer, ...]:
+    """The attention of every block: ``.../self_attention/in_proj`` (fused q, k, v) and ``.../out_proj``."""
+    blocks = [f"encoder/layers/encoder_layer_{i}/self_attention" for i in range(config.num_layers)]
+    return tuple(AttentionLayer(f"{b}/in_proj", f"{b}/out_proj", config.num_heads) for b in blocks)
 
 
 def self_attention_probs(q: jax.Array, k: jax.Array) -> jax.Array:
