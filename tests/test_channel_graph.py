@@ -478,7 +478,7 @@ def test_resnet20_option_a_shortcuts_chain_the_stages_streams():
     assert all(graph.groups[g].producers == tuple(sorted(stream)) for g in stem)  # the stem's run to the end
 
 
-# Attention heads and MLP neurons of the transformers as groups: not yet (see docs/structured.md).
+# The transformers' groups (attention heads, MLP neurons) are checked in test_channel_graph_transformers.py.
 WITHOUT_ATTENTION = [n for n in models.names() if not models.attention(n)]
 
 

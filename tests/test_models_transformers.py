@@ -235,3 +235,17 @@ def test_gpt2_metrics_per_sequence_and_per_head():
     # the heads of a block add up to its projections and its attention matmuls
     block = [layer.macs for layer in m.layers if layer.name.startswith("h_0/attn") or layer.kind == "matmul"][:4]
     assert sum(r.macs for r in rows[:4]) == sum(block)
+
+
+def test_safetensors_reader_refuses_damaged_files(tmp_path):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    path = tmp_path / "w.safetensors"
+    safetensors_numpy.save_file({"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2, np.int64)}, str(path))
+    loaded = torchfile.load_safetensors(path)
+    assert loaded["a"].tolist() == [[0, 1, 2], [3, 4, 5]] and loaded["b"].dtype == np.int64
+    (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[:-4])
+    with pytest.raises(torchfile.TorchFileError, match="past the end of the data"):
+        torchfile.load_weights(tmp_path / "cut.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{nope")
+    with pytest.raises(torchfile.TorchFileError, match="not a readable safetensors file"):
+        torchfile.load_weights(tmp_path / "junk.safetensors")
