@@ -249,3 +249,13 @@ def test_safetensors_reader_refuses_damaged_files(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{nope")
     with pytest.raises(torchfile.TorchFileError, match="not a readable safetensors file"):
         torchfile.load_weights(tmp_path / "junk.safetensors")
+
+
+def test_an_experiment_setup_keeps_the_vit_patch_embedding_dense():
+    from sbjax import selection, setups
+    from sbjax.config import ExperimentConfig
+
+    setup = setups.prepare(ExperimentConfig(setups.NO_DATA, "vit_cifar", "global_magnitude", 2.0, 0), verbose=False)
+    assert setup.selection == models.selection("vit_cifar")
+    paths = selection.prunable_paths(setup.variables["params"], setup.selection)
+    assert len(paths) == 6 * 4 * 2 and not any(p.startswith(("conv_proj", "heads")) for p in paths)
