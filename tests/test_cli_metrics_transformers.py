@@ -49,3 +49,14 @@ def test_gpt2_per_sequence_at_seq_len_with_heads(capsys):
 def test_clear_errors(capsys, argv, message):
     assert cli.main(["metrics", *argv]) != 0
     assert message in capsys.readouterr().err
+
+
+def test_heads_table_in_text_mode(capsys):
+    assert cli.main(["metrics", "--model", "vit_cifar", "--heads"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0].endswith("/self_attention")]
+    assert out.startswith("vit_cifar (32,32,3, 10 classes)")
+    params = 192 * 3 * 64 + 64 * 192  # head dim 64: its q, k, v columns and its output rows
+    assert len(rows) == 18 and rows[4][:3] == ["encoder/layers/encoder_layer_1/self_attention", "1", f"{params:,}"]
+    per_head = 65 * params + 2 * 65 * 65 * 64  # 65 tokens
+    assert all(row[4] == f"{per_head:,}" for row in rows)

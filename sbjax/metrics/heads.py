@@ -79,7 +79,7 @@ def head_table(metrics: Metrics, mask: Any, attention: Sequence[AttentionLayer])
         if qkv is None or proj is None:
             raise ValueError(f"the metrics report has no kernel {att.qkv}/kernel or {att.out}/kernel")
         width, three_width = qkv.shape
-        tokens = qkv.macs // qkv.params  # tokens per example through the projection
+        tokens = int(qkv.macs) // qkv.params  # tokens per example through the projection
         d = three_width // 3 // att.num_heads
         qkv_mask = np.ones(qkv.shape, bool) if mask is None else np.asarray(_leaf(mask, f"{att.qkv}/kernel")) != 0
         out_mask = np.ones(proj.shape, bool) if mask is None else np.asarray(_leaf(mask, f"{att.out}/kernel")) != 0
@@ -101,5 +101,6 @@ def format_head_table(rows: Sequence[HeadStats]) -> str:
     """The per-head view as a fixed-width text table."""
     lines = [f"{'attention':40s} {'head':>4s} {'params':>10s} {'density':>8s} {'MACs':>14s} {'MACs nonzero':>14s}"]
     for r in rows:
-        lines.append(f"{r.layer:40s} {r.head:4d} {r.params:10,d} {r.density:8.4f} {r.macs:14,d} {r.macs_nonzero:14,.0f}")
+        numbers = f"{r.params:10,d} {r.density:8.4f} {r.macs:14,d} {r.macs_nonzero:14,.0f}"
+        lines.append(f"{r.layer:40s} {r.head:4d} {numbers}")
     return "\n".join(lines)
