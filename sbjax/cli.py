@@ -124,6 +124,11 @@ def _add_metrics(subparsers) -> None:
     p.add_argument("--model", help="registered model name, e.g. resnet20 (default: the one --checkpoint records)")
     p.add_argument("--num-classes", type=int, help="number of classes (default: the model's)")
     p.add_argument("--input-shape", help="H,W,C of one example, e.g. 224,224,3 (default: the model's)")
+    p.add_argument("--seq-len", type=int, metavar="N",
+                   help="language models (gpt2): tokens per sequence; MACs are per sequence (default: the model's "
+                   "context length)")
+    p.add_argument("--heads", action="store_true",
+                   help="also print the per-head view of every attention layer (in --json: the 'heads' rows)")
     p.add_argument(
         "--checkpoint",
         help="checkpoint folder or name (in $SBJAX_HOME/checkpoints, from `sbjax port`, or shipped): its weights are "
@@ -191,7 +196,7 @@ def _unpruned(args: argparse.Namespace):
 
     from sbjax import checkpoints, models
 
-    shape = _parse_shape(args.input_shape) if args.input_shape else None
+    shape = _metrics_shape(args)
     num_classes, variables = args.num_classes, None
     if args.checkpoint:
         variables, info = checkpoints.restore(checkpoints.locate(args.checkpoint), model=args.model,
@@ -207,14 +212,34 @@ def _unpruned(args: argparse.Namespace):
     return models.create(args.model, num_classes), variables, shape, num_classes
 
 
+def _metrics_shape(args: argparse.Namespace) -> tuple[int, ...] | None:
+    """One example's shape from ``--input-shape`` (image models) or ``--seq-len`` (language models)."""
+    from sbjax import models
+
+    if models.task(args.model) != "lm":
+        if args.seq_len is not None:
+            raise UserError(f"--seq-len is for language models; {args.model} reads images: use --input-shape")
+        return _parse_shape(args.input_shape) if args.input_shape else None
+    if args.input_shape:
+        raise UserError(f"--input-shape is for image models; {args.model} reads token ids: use --seq-len")
+    if args.seq_len is None:
+        return None
+    longest = models.input_shape(args.model)[0]
+    if not 1 <= args.seq_len <= longest:
+        raise UserError(f"--seq-len {args.seq_len} must be between 1 and {args.model}'s context length {longest}")
+    return (args.seq_len,)
+
+
 def _cmd_metrics(args: argparse.Namespace) -> int:
     import json
 
-    from sbjax import metrics, strategies
+    from sbjax import metrics, models, strategies
 
     if (args.strategy is None) != (args.compression is None):
         raise UserError("--strategy and --compression go together: give both or neither")
     _model_name(args)
+    if models.task(args.model) == "lm" and args.strategy is not None:
+        raise UserError(f"--strategy needs image data; {args.model} is a language model: count it unpruned")
     if args.strategy is None:
         model, variables, shape, num_classes = _unpruned(args)
         mask = None
@@ -224,18 +249,26 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
         setup, mask = _pruned_setup(args, num_classes=args.num_classes, shape=shape)
         model, variables, shape = setup.model, setup.variables, setup.input_shape
         num_classes = setup.train.num_classes
-    result = metrics.compute_module(model, variables, mask, shape, train=False)
+    result = metrics.compute_module(model, variables, mask, shape, dtype=models.input_dtype(args.model), train=False)
+    heads = metrics.head_table(result, mask, models.attention(args.model)) if args.heads else None
+    lm = models.task(args.model) == "lm"
     if args.json:
         header = {
             "model": args.model, "input_shape": list(shape), "num_classes": num_classes,
             "checkpoint": args.checkpoint, "strategy": args.strategy, "target_compression": args.compression,
+            **({"seq_len": shape[0]} if lm else {}),
         }
-        print(json.dumps({**header, **result.to_dict()}))
+        extra = {"heads": [row.to_dict() for row in heads]} if heads is not None else {}
+        print(json.dumps({**header, **result.to_dict(), **extra}))
     else:
         pruned = f", {args.strategy} at compression {args.compression:g}" if args.strategy else ""
         weights = f", weights {args.checkpoint}" if args.checkpoint else ""
-        print(f"{args.model} ({','.join(map(str, shape))}, {num_classes} classes{weights}{pruned})\n")
+        what = f"{shape[0]} tokens per sequence, vocabulary {num_classes}" if lm else \
+            f"{','.join(map(str, shape))}, {num_classes} classes"  # fmt: skip
+        print(f"{args.model} ({what}{weights}{pruned})\n")
         print(metrics.format_table(result))
+        if heads is not None:
+            print("\n" + metrics.format_head_table(heads))
     return 0
 
 

@@ -13,6 +13,11 @@ orbax return dicts with sorted keys, so that order is not call order. It is eith
 * resolved from the forward pass: ``Selection.from_model(apply_fn, params, x)`` traces the model
   to a jaxpr and names the weight layer whose convolution or matrix product runs last (the one
   nearest the output); registry models declare theirs (``sbjax.models.selection(name)``);
+* for a language model whose output layer is its tied token embedding (GPT-2's ``wte``: the
+  last matrix product uses ``wte/embedding``, which is not a kernel), ``from_model`` sets no
+  classifier and excludes the embedding's module; embeddings, layer norms and position
+  embeddings hold no ``kernel`` and are never prunable, so a transformer's prunable leaves are
+  its attention q/k/v and output projections and its MLP kernels (and their biases);
 * or ``"auto"`` (the default), which decides from the params alone only when that is
   unambiguous: with no dense layer, nothing is excluded; with exactly one dense layer (2-D
   kernel), it is the classifier; with several, it refuses with a message saying what to do.
@@ -95,7 +100,11 @@ class Selection:
         >>> Selection.from_model(lambda p, x: net.apply({"params": p}, x), params, jnp.zeros((1, 3))).classifier
         'head'
         """
-        return cls(kinds=kinds, classifier=classifier_of(apply_fn, params, x), exclude=exclude)
+        name = _last_weight_leaf(apply_fn, params, x)
+        module, _, leaf = name.rpartition("/")
+        if leaf != "kernel" and module and np.ndim(_leaf_at(params, name)) == 2:  # a tied output embedding
+            return cls(kinds=kinds, classifier=None, exclude=(*exclude, module))
+        return cls(kinds=kinds, classifier=_as_classifier(name, params), exclude=exclude)
 
 
 DEFAULT = Selection()
@@ -203,6 +212,28 @@ def classifier_of(apply_fn: Callable[[Params, jax.Array], Any], params: Params, 
         SelectionError: no convolution or matrix product uses a params kernel, or the last one
             uses a leaf that is not the ``kernel`` of a weight layer.
     """
+    return _as_classifier(_last_weight_leaf(apply_fn, params, x), params)
+
+
+def _leaf_at(params: Params, name: str) -> Any:
+    """The params leaf at ``a/b/kernel`` (NNX variables unwrapped)."""
+    flat = {leaf_path(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    return _array(flat[name])
+
+
+def _as_classifier(name: str, params: Params) -> str:
+    """The module of leaf ``name`` if it is the kernel of a weight layer; a ``SelectionError`` otherwise."""
+    module, _, leaf = name.rpartition("/")
+    if leaf != "kernel" or module not in _layers(params):
+        raise SelectionError(
+            f"the last weight op of the forward pass uses params leaf {name!r}, which is not the kernel of a "
+            "weight layer; name the classifier with Selection(classifier=...)"
+        )
+    return module
+
+
+def _last_weight_leaf(apply_fn: Callable[[Params, jax.Array], Any], params: Params, x: Any) -> str:
+    """The ``a/b/leaf`` path of the params leaf used by the last convolution or matrix product."""
     from sbjax.graph import walk  # the jaxpr walker; graph/ does not depend on selection
 
     spec = lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a))  # noqa: E731
@@ -214,11 +245,4 @@ def classifier_of(apply_fn: Callable[[Params, jax.Array], Any], params: Params, 
     calls = [call for call in tally.calls if call.role == "weight"]
     if not calls:
         raise SelectionError("no convolution or matrix product of the forward pass uses a params kernel")
-    name = leaf_path(flat[calls[-1].kernel][0])
-    module, _, leaf = name.rpartition("/")
-    if leaf != "kernel" or module not in _layers(params):
-        raise SelectionError(
-            f"the last weight op of the forward pass uses params leaf {name!r}, which is not the kernel of a "
-            "weight layer; name the classifier with Selection(classifier=...)"
-        )
-    return module
+    return leaf_path(flat[calls[-1].kernel][0])

@@ -53,6 +53,7 @@ class Setup:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     input_shape: tuple[int, ...]
+    exclude: tuple[str, ...] = ()  # the model's modules kept dense besides its classifier (ModelSpec.exclude)
 
     def transform(self, train: bool):
         """The (cached) training or evaluation transform: one function, so batch steps compile once."""
@@ -73,7 +74,7 @@ class Setup:
         """The prunable weights (ShrinkBench's rules), the classifier found from the forward pass once."""
         apply_fn = scoring.make_apply_fn(self.model, self.variables)
         x = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
-        return selection_lib.Selection.from_model(apply_fn, self.variables["params"], x)
+        return selection_lib.Selection.from_model(apply_fn, self.variables["params"], x, exclude=self.exclude)
 
 
 def setup_key(config: ExperimentConfig) -> tuple:
@@ -111,7 +112,8 @@ def prepare(config: ExperimentConfig, *, verbose: bool = True, num_classes: int 
     models.check_input_shape(config.model, info and info.input_shape, shape, f"the data of {config.dataset!r}")
     normalization = info.normalization if info else None
     mean, std = data_lib.resolve_normalization((splits["train"].mean, splits["train"].std), normalization)
-    return Setup(model, variables, splits["train"], splits["validation"], splits["test"], spec, mean, std, shape)
+    return Setup(model, variables, splits["train"], splits["validation"], splits["test"], spec, mean, std, shape,
+                 models.spec(config.model).exclude)  # fmt: skip
 
 
 def _prepare_without_data(config: ExperimentConfig, num_classes: int | None, shape: tuple[int, ...] | None) -> Setup:
@@ -127,7 +129,7 @@ def _prepare_without_data(config: ExperimentConfig, num_classes: int | None, sha
     mean, std = (0.5,) * shape[-1], (0.25,) * shape[-1]
     noise = data_lib.ImageData(np.asarray(images, np.uint8), labels, tuple(map(str, range(num_classes))), mean, std)
     spec = data_lib.DatasetSpec(NO_DATA, None, mean, std, augmentation="none", image_size=shape[0])
-    return Setup(model, variables, noise, None, None, spec, mean, std, shape)
+    return Setup(model, variables, noise, None, None, spec, mean, std, shape, models.spec(config.model).exclude)
 
 
 def data_fingerprint(dataset: str, data_dir: str | Path | None = None) -> str:

@@ -89,7 +89,12 @@ def _hooked_counts(model, variables, shape):
     return counts, inputs["total"]
 
 
-@pytest.mark.parametrize("name", models.names())
+# Attention's activation products are no module call, so neither hook count sees them: the
+# transformers' counts are checked against hand formulas in tests/test_cli_metrics_transformers.py.
+WITHOUT_ATTENTION = [n for n in models.names() if not models.attention(n)]
+
+
+@pytest.mark.parametrize("name", WITHOUT_ATTENTION)
 def test_every_registry_model_matches_an_independent_hook_count(name):
     shape = models.input_shape(name)
     if shape[0] > 64:
@@ -142,7 +147,7 @@ def _torch_counts(torch_model, shape):
     return counts
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", WITHOUT_ATTENTION)
 def test_every_registry_model_matches_pytorch_hook_counts(name):
     torch_model = _torch_model(name)
     shape = models.input_shape(name)

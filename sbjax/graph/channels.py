@@ -14,7 +14,12 @@ that must be removed together:
 * concatenation concatenates labels (offsets shift); padding and slicing move them (the
   "option A" shortcut of a CIFAR ResNet pads channels with zeros: the padded positions get
   fresh labels that the residual add ties to the other branch); a reshape that flattens
-  ``(h, w, c)`` into one axis repeats the channel labels over the flattened block;
+  ``(h, w, c)`` into one axis repeats the channel labels over the flattened block; a reshape
+  that splits one axis (``3 * width`` attention features into ``(heads, head_dim)``) ties each
+  outer block (a head) into one label and pins the inner axes, and ``split`` (q, k, v) slices
+  the labels; a product of two activations ties their batch axes (the heads of ``q @ k^T`` and
+  ``p @ v``), so an attention head is one group: its q, k and v columns and its rows of the
+  output projection;
 * a reduction over a labeled axis (layer norm over channels, a softmax), an op this module
   has no rule for, the model input and the model output *pin* their labels: those positions
   cannot be removed.
@@ -332,6 +337,11 @@ def _reshape(w: _Walk, eqn, labels, out_shapes):
                 inner = math.prod(in_shape[b] for b in gi if b > a)
                 flat = np.arange(shape[gj[0]])
                 out[gj[0]] = lab[a][(flat // inner) % in_shape[a]]
+        elif len(gi) == 1 and live:  # a split (channels into heads): each outer block goes whole
+            blocks = lab[gi[0]].reshape(shape[gj[0]], -1)
+            for row in blocks:
+                w.nodes.tie(row[1:], np.full(len(row) - 1, row[0]))
+            out[gj[0]] = blocks[:, 0]  # the inner axes stay pinned
         else:
             for a in gi:
                 w.nodes.pin(lab[a])
@@ -341,6 +351,17 @@ def _reshape(w: _Walk, eqn, labels, out_shapes):
         return lax.reshape(values[0], w.slim_shape(out))
 
     return [out], fn
+
+
+def _split(w: _Walk, eqn, labels, out_shapes):
+    axis, lab = eqn.params["axis"], labels[0]
+    bounds = np.cumsum([0, *eqn.params["sizes"]])
+    outs = [tuple(a[lo:hi] if i == axis else a for i, a in enumerate(lab)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+    def fn(values):
+        return lax.split(values[0], [int(np.count_nonzero(w.keep(o[axis]))) for o in outs], axis)
+
+    return outs, fn
 
 
 def _transpose(w: _Walk, eqn, labels, out_shapes):
@@ -575,6 +596,7 @@ _RULES = {
     "squeeze": _squeeze,
     "pad": _pad,
     "slice": _slice,
+    "split": _split,
     "concatenate": _concatenate,
     "stack": _stack,
     "rev": _rev,

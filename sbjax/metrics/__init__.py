@@ -43,6 +43,7 @@ import numpy as np
 
 from sbjax import masks as masks_lib
 from sbjax import selection as selection_lib
+from sbjax.metrics.heads import HeadStats, format_head_table, head_table
 from sbjax.metrics.report import LayerStats, Metrics, format_table
 from sbjax.graph.walk import Info, Tally, walk_closed
 from sbjax.metrics import report as _report
@@ -52,7 +53,18 @@ from sbjax.graph import zeros as _zeros
 Params = Any
 Mask = Any
 
-__all__ = ["LayerStats", "Metrics", "UntracedKernelError", "compute", "compute_module", "format_table", "trace"]
+__all__ = [
+    "HeadStats",
+    "LayerStats",
+    "Metrics",
+    "UntracedKernelError",
+    "compute",
+    "compute_module",
+    "format_head_table",
+    "format_table",
+    "head_table",
+    "trace",
+]
 
 _ON_UNTRACED = ("warn", "error", "ignore")
 

@@ -16,6 +16,7 @@ batch norm with PyTorch's epsilon and momentum (Flax's ``momentum`` is ``1 - tor
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 from sbjax import fastconv
 
 __all__ = [
+    "AttentionLayer",
     "ConvGeneralDilated",
     "TORCH_BN_MOMENTUM",
     "adaptive_avg_pool",
@@ -137,3 +139,21 @@ def adaptive_avg_pool(x: jax.Array, out: int) -> jax.Array:
         for r0, r1 in _bins(h, out)
     ]
     return jnp.stack(rows, axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionLayer:
+    """Where one multi-head self-attention keeps its weights (for per-head views and head groups).
+
+    Attributes:
+        qkv: module path of the fused q/k/v projection, a dense kernel ``(width, 3 * width)``
+            whose output columns are ``[q | k | v]``, each split into ``num_heads`` contiguous
+            slices of ``head_dim`` (Hugging Face GPT-2's ``c_attn``, PyTorch's ``in_proj``).
+        out: module path of the output projection, a dense kernel ``(width, width)`` whose input
+            rows are the heads' outputs, in the same order.
+        num_heads: attention heads.
+    """
+
+    qkv: str
+    out: str
+    num_heads: int
