@@ -192,8 +192,8 @@ def port(
         verify(entry, digest, path)
     model = entry.model if entry else name
     num_classes = entry.num_classes if entry else models.num_classes(name)
-    state_dict = torchfile.load_state_dict(path)
-    variables = porting.from_state_dict(state_dict, models.abstract_variables(model, num_classes))
+    state_dict = torchfile.load_weights(path)
+    variables = porting.port_state_dict(model, state_dict, models.abstract_variables(model, num_classes))
     info = checkpoints.CheckpointInfo(
         model, num_classes, source=recorded, source_sha256=digest,
         mean=entry.mean if entry else None, std=entry.std if entry else None,

@@ -8,6 +8,9 @@ Understands both of PyTorch's formats:
 - the zip format (``torch.save`` since 1.6, e.g. torchvision's weights): ``<dir>/data.pkl``
   plus one ``<dir>/data/<key>`` entry of raw bytes per storage.
 
+:func:`load_safetensors` reads Hugging Face's ``.safetensors`` files (a JSON header and raw
+little-endian bytes; no code at all), and :func:`load_weights` reads either kind.
+
 Only a few globals are allowed (``collections.OrderedDict``, the tensor-rebuild functions of
 ``torch._utils`` and the ``torch.*Storage`` types); anything else is refused, so loading a file
 never runs code from it. Tensors come back as numpy arrays, in the file's byte order.
@@ -16,6 +19,7 @@ never runs code from it. Tensors come back as numpy arrays, in the file's byte o
 from __future__ import annotations
 
 import collections
+import json
 import dataclasses
 import io
 import os
@@ -28,7 +32,7 @@ from typing import Any, BinaryIO
 import ml_dtypes
 import numpy as np
 
-__all__ = ["TorchFileError", "extract_state_dict", "load", "load_state_dict"]
+__all__ = ["TorchFileError", "extract_state_dict", "load", "load_safetensors", "load_state_dict", "load_weights"]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -250,3 +254,49 @@ def extract_state_dict(obj: Any) -> dict[str, np.ndarray]:
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The state_dict saved at ``path`` (``torch.save(model.state_dict())`` or ``{"state_dict": ...}``)."""
     return extract_state_dict(load(path))
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "I64": np.int64,
+    "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The tensors of a ``.safetensors`` file as numpy arrays (the ``__metadata__`` entry dropped).
+
+    The format: an 8-byte little-endian header length, a JSON header mapping each name to its
+    ``dtype``, ``shape`` and ``data_offsets`` (begin, end) in the byte buffer that follows.
+
+    Raises:
+        TorchFileError: the file is truncated, its header is not valid JSON, or a dtype is unsupported.
+    """
+    with open(path, "rb") as f:
+        blob = f.read()
+    try:
+        (size,) = struct.unpack("<Q", blob[:8])
+        header = json.loads(blob[8 : 8 + size])
+        buffer = memoryview(blob)[8 + size :]
+        out = {}
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            if entry["dtype"] not in _SAFETENSORS_DTYPES:
+                raise TorchFileError(f"tensor {name!r} has unsupported dtype {entry['dtype']}")
+            begin, end = entry["data_offsets"]
+            if end > len(buffer):
+                raise TorchFileError(f"tensor {name!r} ends at byte {end}, past the end of the data ({len(buffer)})")
+            dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]]).newbyteorder("<")
+            out[name] = np.frombuffer(buffer[begin:end], dtype).reshape(entry["shape"]).copy()
+        return out
+    except TorchFileError as error:
+        raise TorchFileError(f"{os.fspath(path)}: {error}") from None
+    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        raise TorchFileError(f"{os.fspath(path)}: not a readable safetensors file ({type(error).__name__}: {error})") from None
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The state_dict in ``path``: a ``.safetensors`` file by its suffix, else a ``torch.save`` file."""
+    if os.fspath(path).endswith(".safetensors"):
+        return load_safetensors(path)
+    return load_state_dict(path)
