@@ -3,7 +3,8 @@
 # K = 1..32 vmapped vs sequential ResNet-20s, achieved fraction of peak FLOP/s, and PyTorch as
 # ShrinkBench when a CUDA PyTorch is installed; then, in under 4 more minutes, the measured
 # latency of slimmed (channel-pruned) ResNet-20/56 and MobileNetV2 (224x224) against their
-# theoretical speedup (benchmarks/slim_latency.py). Needs a Python with sbjax and jax[cuda]:
+# theoretical speedup (benchmarks/slim_latency.py); then SparseGPT's time per layer on GPT-2's shapes
+# (benchmarks/sparsegpt.py, under 2 minutes). Needs a Python with sbjax and jax[cuda]:
 #   PYTHON=/path/to/python benchmarks/gpu.sh [extra flags of benchmarks/gpu.py]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,3 +19,5 @@ nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv 2>/dev/null |
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 PYTHONPATH="benchmarks${PYTHONPATH:+:$PYTHONPATH}" timeout 290 "$python" benchmarks/gpu.py "$@"
 timeout 230 "$python" benchmarks/slim_latency.py --as-is --mobilenet-side 224 --batch 128 --repeats 30
+# SparseGPT's time per layer on GPT-2's shapes (768x768, 768x3072, 3072x768), unstructured and 2:4
+timeout 120 "$python" benchmarks/sparsegpt.py --repeats 5
