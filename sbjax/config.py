@@ -228,6 +228,9 @@ class ExperimentConfig:
             and the slimmed model (``sbjax.latency.slim_report``) at batch 1 and this batch,
             and ``measured_speedup``; ``None`` (default): no timing. Rows of channel
             strategies always report ``slim_params_total`` and ``slim_macs``.
+        calibration: the number of training examples the post-training strategies (``wanda``,
+            ``nm_wanda``) calibrate on, drawn with the seed's score key; ``None``: the scoring
+            batch size. (Language models: ``sbjax.language.Calibration``.)
     """
 
     dataset: str
@@ -248,10 +251,13 @@ class ExperimentConfig:
     data_fingerprint: str | None = None
     nm: str | None = None
     latency: int | None = None
+    calibration: int | None = None
 
     def __post_init__(self):
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "finetune"}
         _check_types(_hints(ExperimentConfig), values, paths=("checkpoint", "data_dir"))
+        if self.calibration is not None and self.calibration < 1:
+            raise ConfigError(f"calibration must be a positive number of training examples or null, got {self.calibration!r}")
         _check_latency(self.latency)
         object.__setattr__(self, "nm", _check_nm(self.nm, self.strategy))
         object.__setattr__(self, "finetune", _freeze(self.finetune))
@@ -296,7 +302,7 @@ class ExperimentConfig:
             test_size=self.test_size, score_batch=self.score_batch or settings.batch_size, scoring=self.scoring,
             finetune=dataclasses.asdict(settings),
             schedule=None if self.schedule == schedules_lib.DEFAULT else _schedule_identity(self.schedule),
-            nm=self.nm, latency=self.latency,
+            nm=self.nm, latency=self.latency, calibration=self.calibration,
         )  # fmt: skip
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -368,7 +374,8 @@ class SweepConfig:
     ignores the compression (its pattern fixes the density): each compression of the grid
     reruns the same mask, so give such a sweep one compression, or read ``real_compression``.
     ``latency`` (a batch size) times the dense and the slimmed model of every pruned
-    experiment (see ``ExperimentConfig.latency``).
+    experiment (see ``ExperimentConfig.latency``); ``calibration`` the number of training examples
+    of the post-training strategies (see ``ExperimentConfig.calibration``).
     """
 
     datasets: tuple[str, ...]
@@ -389,6 +396,7 @@ class SweepConfig:
     schedules: tuple[Any, ...] = (schedules_lib.DEFAULT,)
     nm: str | None = None
     latency: int | None = None
+    calibration: int | None = None
 
     def __post_init__(self):
         for field in ("datasets", "models", "strategies", "compressions", "seeds", "schedules"):
@@ -425,7 +433,7 @@ class SweepConfig:
         nm = {st: self.nm if self.nm is not None and _own_pattern(st) else None for st in self.strategies}
         common = dict(data_dir=self.data_dir, val_size=self.val_size, test_size=self.test_size, preset=self.preset,
                       finetune=self.finetune, score_batch=self.score_batch, scoring=self.scoring)  # fmt: skip
-        timed = dict(latency=self.latency)
+        timed = dict(latency=self.latency, calibration=self.calibration)
         out = []
         for dataset in self.datasets:
             for model in self.models:

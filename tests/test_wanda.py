@@ -112,3 +112,36 @@ def test_wanda_does_not_retrace_for_a_new_fraction():
     assert len(traces) == 1
     with pytest.raises(ValueError, match="needs a batch of calibration inputs"):
         strategies.wanda(PARAMS, None, 0.5, apply=apply, selection=ALL)
+
+
+def test_wanda_in_an_experiment_calibrates_on_training_images():
+    from sbjax import experiment, setups
+    from sbjax.config import ConfigError, ExperimentConfig
+
+    base = dict(dataset="mnist5k", model="mlp", compression=2.0, seed=0, finetune={"epochs": 0}, calibration=32)
+    config = setups.resolve(ExperimentConfig(strategy="wanda", **base))
+    assert config.identity()["calibration"] == 32
+    default = setups.resolve(ExperimentConfig(strategy="wanda", **(base | {"calibration": None})))
+    assert "calibration" not in default.identity() and default.id != config.id
+    setup = experiment.prepare(config, verbose=False)
+    mask = experiment.make_mask(setup, config)
+    # by hand: the same 32 training images (the seed's score key), each output keeps the same count
+    x, _ = experiment._scoring_batch(setup, sbjax_keys(0)["score"], 32)
+    from sbjax import compression as compression_lib
+
+    fraction = compression_lib.fraction_for(2.0, setup.variables["params"], setup.selection)
+    direct = strategies.wanda(setup.variables["params"], None, fraction, calibration=x, selection=setup.selection,
+                              apply=lambda p, x: setup.model.apply({"params": p}, x, train=False))  # fmt: skip
+    jax.tree.map(np.testing.assert_array_equal, mask, direct)
+    fc1 = np.asarray(mask["fc1"]["kernel"])
+    assert len(set(fc1.sum(0).tolist())) == 1  # per output: every output keeps the same number of inputs
+    with pytest.raises(ValueError, match="updates the kept weights"):
+        experiment.make_mask(setup, ExperimentConfig(strategy="sparsegpt", **base))
+    with pytest.raises(ConfigError, match="calibration must be a positive"):
+        ExperimentConfig(strategy="wanda", **(base | {"calibration": 0}))
+
+
+def sbjax_keys(seed):
+    from sbjax.seeds import experiment_keys
+
+    return experiment_keys(seed)
