@@ -16,6 +16,7 @@ training split), drawn from ``jax.random.key(seed)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -30,7 +31,7 @@ from sbjax import perplexity as perplexity_lib
 from sbjax import strategies
 from sbjax.selection import DEFAULT, Selection
 
-__all__ = ["Calibration", "LMExperiment", "calibration_batch", "params_fingerprint", "run_lm_experiment"]
+__all__ = ["Calibration", "LMExperiment", "calibration_batch", "params_fingerprint", "perplexity_command", "run_lm_experiment"]
 
 Params = Any
 
@@ -170,3 +171,57 @@ def run_lm_experiment(experiment: LMExperiment, apply: Callable[[Params, Any], A
     if mask is not None:
         row["compression"] = float(compression_lib.compression_of(mask))
     return row
+
+
+def _lm(model_name: str, weights: str | None, seed: int) -> tuple[Callable[[Params, Any], Any], Params]:
+    from sbjax import models
+    from sbjax.models import porting, torchfile
+
+    if models.task(model_name) != "lm":
+        raise ValueError(f"model {model_name!r} is not a language model; expected one of "
+                         f"{', '.join(n for n in models.names() if models.task(n) == 'lm')}")  # fmt: skip
+    model, variables = models.init(model_name, jax.random.key(seed))
+    if weights is not None:
+        variables = porting.from_gpt2_state_dict(torchfile.load_weights(weights), variables)
+    return _apply_fn(model), variables["params"]
+
+
+@functools.lru_cache(maxsize=4)
+def _apply_fn(model: Any) -> Callable[[Params, Any], Any]:
+    """``apply(params, ids) -> logits`` in eval mode, one object per model (the perplexity program is cached on it)."""
+    return lambda params, ids: model.apply({"params": params}, ids, train=False)
+
+
+def _named(source: str, split: str) -> str:
+    """A Hugging Face dataset's name with its split (``wikitext-2-raw-v1:test``); a local source as it is."""
+    from sbjax.data import text as text_lib
+
+    return f"{source}:{split}" if source in text_lib.HF_TEXT else source
+
+
+def perplexity_command(*, model: str, weights: str | None, text: str, split: str, suffix: str, tokenizer: str,
+                       max_length: int, stride: int, limit_tokens: int | None, strategy: str, sparsity: float,
+                       nm: str | None, calibration_text: str | None, samples: int, length: int, seed: int,
+                       batch_size: int) -> dict[str, Any]:  # fmt: skip
+    """``sbjax perplexity``: loads the model, the text and the calibration text, runs one :class:`LMExperiment`."""
+    from sbjax.data import text as text_lib
+
+    protocol = perplexity_lib.Protocol(max_length, stride)
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"--sparsity must be in [0, 1), got {sparsity!r}")
+    apply, params = _lm(model, weights, seed)  # a model that is not a language model fails first
+    tok = text_lib.tokenizer(tokenizer)
+    body = text_lib.load_text(text, split, suffix=suffix)
+    tokens = text_lib.encode(body, tok)[:limit_tokens]
+    source = calibration_text or text
+    experiment = LMExperiment(
+        text=_named(text, split), text_fingerprint=text_lib.text_fingerprint(body),
+        tokenizer=tok.name, model=model, weights=params_fingerprint(params), strategy=strategy,
+        fraction=1.0 if strategy == "none" else 1.0 - sparsity, nm=nm,
+        calibration=Calibration(_named(source, "train"), samples, length, seed), protocol=protocol,
+    )  # fmt: skip
+    calibration_tokens = tokens  # a local text without --calibration-text calibrates on the scored text itself
+    if experiment._calibrated() and (source != text or text in text_lib.HF_TEXT):
+        calibration_tokens = text_lib.encode(text_lib.load_text(source, "train", suffix=suffix), tok)
+    return run_lm_experiment(experiment, apply, params, calibration_tokens, tokens,
+                             selection=Selection(classifier=None), batch_size=batch_size)  # fmt: skip

@@ -148,3 +148,27 @@ def test_an_lm_experiment_prunes_and_scores_a_gpt2():
     # the four dense kernels (8x24, 8x8, 8x32, 32x8: 768 entries) lose half of them
     total = sum(x.size for x in jax.tree.leaves(params))
     assert row["compression"] == pytest.approx(total / (total - 384))
+
+
+def test_the_perplexity_command_prunes_and_prints_a_row(tmp_path, capsys, monkeypatch):
+    """The command's plumbing, on the tiny GPT-2 above in place of the registry's 124M one."""
+    import json
+
+    from sbjax import cli
+
+    tiny = MODEL.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    monkeypatch.setattr(language, "_lm", lambda model, weights, seed: (tiny_apply, tiny) if model == "gpt2"
+                        else pytest.fail("unexpected model"))  # fmt: skip
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(map(chr, range(16))) * 4)  # bytes 0..15: the tiny model has 16 tokens
+    args = ["perplexity", "--text", f"local:{corpus}", "--tokenizer", "bytes", "--max-length", "16", "--stride", "8",
+            "--limit-tokens", "40", "--strategy", "nm_wanda", "--calibration-samples", "2", "--calibration-length", "8"]
+    assert cli.main(args) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["strategy"] == "nm_wanda" and row["scored_tokens"] == 39 and math.isfinite(row["perplexity"])
+    assert row["calibration"] == f"local:{corpus}:2x8:seed0" and row["protocol"] == "strided:max_length=16,stride=8"
+    assert row["tokenizer"] == "bytes" and len(row["id"]) == 16
+    monkeypatch.undo()
+    assert cli.main(["perplexity", "--model", "mlp", "--text", f"local:{corpus}", "--tokenizer", "bytes"]) == 2
+    assert "is not a language model" in capsys.readouterr().err

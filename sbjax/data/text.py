@@ -55,7 +55,11 @@ def tokenizer(name: str = "bytes") -> Tokenizer:
     except ImportError:
         raise ValueError(f"tokenizer {name!r} needs the transformers package (pip install transformers); "
                          "or use the 'bytes' tokenizer") from None  # fmt: skip
-    hf = transformers.AutoTokenizer.from_pretrained(name)
+    try:
+        hf = transformers.AutoTokenizer.from_pretrained(name)
+    except OSError as error:
+        raise ValueError(f"cannot load tokenizer {name!r} ({' '.join(str(error).split())[:200]}); "
+                         "offline, use a local tokenizer folder or 'bytes'") from None  # fmt: skip
     encode = lambda text: np.asarray(hf(text, return_attention_mask=False)["input_ids"], np.int32)  # noqa: E731
     return Tokenizer(name, len(hf), encode)
 
