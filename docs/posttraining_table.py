@@ -33,7 +33,7 @@ from sbjax.models import GPT2, GPT2Config
 from sbjax.selection import Selection
 
 CONFIG = GPT2Config(vocab_size=256, n_positions=128, n_embd=96, n_layer=4, n_head=4, dropout=0.0)
-SELECTION = Selection(classifier=None)  # the tied LM head is an embedding, not a weight layer: every block's four dense kernels are pruned
+SELECTION = Selection(kinds=("kernel",), classifier=None)  # kernels only, as in the papers; the tied head is an embedding
 ROWS = (("none", None, 1), ("layer_magnitude", None, 1), ("wanda", None, 3), ("sparsegpt", None, 3),
         ("nm_magnitude", "2:4", 1), ("nm_wanda", "2:4", 3), ("nm_sparsegpt", "2:4", 3))  # fmt: skip
 MODEL = GPT2(CONFIG)

@@ -203,7 +203,10 @@ def perplexity_command(*, model: str, weights: str | None, text: str, split: str
                        max_length: int, stride: int, limit_tokens: int | None, strategy: str, sparsity: float,
                        nm: str | None, calibration_text: str | None, samples: int, length: int, seed: int,
                        batch_size: int) -> dict[str, Any]:  # fmt: skip
-    """``sbjax perplexity``: loads the model, the text and the calibration text, runs one :class:`LMExperiment`."""
+    """``sbjax perplexity``: loads the model, the text and the calibration text, runs one :class:`LMExperiment`.
+
+    Every dense kernel is prunable (not the biases, norms or embeddings, as in the papers).
+    """
     from sbjax.data import text as text_lib
 
     protocol = perplexity_lib.Protocol(max_length, stride)
@@ -224,4 +227,4 @@ def perplexity_command(*, model: str, weights: str | None, text: str, split: str
     if experiment._calibrated() and (source != text or text in text_lib.HF_TEXT):
         calibration_tokens = text_lib.encode(text_lib.load_text(source, "train", suffix=suffix), tok)
     return run_lm_experiment(experiment, apply, params, calibration_tokens, tokens,
-                             selection=Selection(classifier=None), batch_size=batch_size)  # fmt: skip
+                             selection=Selection(kinds=("kernel",), classifier=None), batch_size=batch_size)  # fmt: skip
