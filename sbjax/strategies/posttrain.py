@@ -47,7 +47,7 @@ from sbjax import masks as masks_lib
 from sbjax import threshold
 from sbjax.selection import DEFAULT, Selection
 from sbjax.strategies import layerwise
-from sbjax.strategies.core import PER_TENSOR, Scope, Strategy, _check_given, _given, make, map_prunable_with_path
+from sbjax.strategies.core import PER_TENSOR, Scope, make, map_prunable_with_path
 from sbjax.strategies.nm import NM, nm_keep
 
 __all__ = ["POSTTRAIN", "PER_OUTPUT", "PerOutput", "SparseGPT", "input_norms", "nm_sparsegpt", "nm_wanda", "prune",
@@ -253,7 +253,10 @@ class SparseGPT:
                  activations=None, mask: Mask | None = None, selection: Selection = DEFAULT, loss=None,
                  apply=None, input_shape=None, calibration=None) -> tuple[Mask, Params]:  # fmt: skip
         """``(mask, params)``: the mask keeping ``fraction`` and the reconstructed weights."""
-        _check_given(self.name, self.needs, _given(grads, key, activations, loss, apply, input_shape, calibration))
+        if apply is None or calibration is None:
+            what = "the forward pass apply(params, x) (apply=...)" if apply is None else \
+                "a batch of calibration inputs for apply (calibration=...)"  # fmt: skip
+            raise ValueError(f"strategy {self.name!r} needs {what}, got None")
         nm = (self.scope.n, self.scope.m) if isinstance(self.scope, NM) else None
         flat_mask = {}
         if mask is not None:

@@ -33,7 +33,7 @@ __all__ = ["REGISTRY", "get", "names", "register", "resolve", "templates"]
 
 AnyStrategy = Strategy | FunctionStrategy | Control | SparseGPT
 
-_registered: dict[str, AnyStrategy] = {strategy.name: strategy for strategy in BASELINES + NM_STRATEGIES + CHANNELS + AT_INIT + POSTTRAIN}
+_registered: dict[str, AnyStrategy] = {strategy.name: strategy for strategy in BASELINES + NM_STRATEGIES + CHANNELS + POSTTRAIN + AT_INIT}
 _CONTROL = re.compile(r"\s*(\w+)\s*\((.*)\)\s*")
 #: The registered strategies by name (read-only; add with :func:`register`).
 REGISTRY: Mapping[str, AnyStrategy] = types.MappingProxyType(_registered)
@@ -62,7 +62,7 @@ def register(name: str, strategy: AnyStrategy | Callable[..., Any]) -> AnyStrate
 
 
 def names() -> list[str]:
-    """The registered strategy names: the baselines, N:M, channels, at initialization, post-training, then users'.
+    """The registered strategy names: the baselines, N:M, channels, post-training, at initialization, then users'.
 
     The controls are templates over these (see :func:`templates`), not names.
     """
