@@ -174,6 +174,11 @@ def _check_latency(latency: int | None) -> None:
         raise ConfigError(f"latency must be a positive batch size (128, say) or null, got {latency!r}")
 
 
+def _calibrated(strategy: str) -> bool:
+    """Whether the strategy named ``strategy`` calibrates on data (needs ``"calibration"``)."""
+    return strategy != REFERENCE and "calibration" in getattr(strategies_lib.resolve(strategy), "needs", ())
+
+
 def _check_nm(nm: str | None, strategy: str) -> str | None:
     """``nm`` as ``"N:M"``, or ``None`` where it is the strategy's own pattern; refused for other strategies."""
     if nm is None:
@@ -375,7 +380,7 @@ class SweepConfig:
     reruns the same mask, so give such a sweep one compression, or read ``real_compression``.
     ``latency`` (a batch size) times the dense and the slimmed model of every pruned
     experiment (see ``ExperimentConfig.latency``); ``calibration`` the number of training examples
-    of the post-training strategies (see ``ExperimentConfig.calibration``).
+    of the post-training strategies, set on their experiments only (``ExperimentConfig.calibration``).
     """
 
     datasets: tuple[str, ...]
@@ -433,7 +438,8 @@ class SweepConfig:
         nm = {st: self.nm if self.nm is not None and _own_pattern(st) else None for st in self.strategies}
         common = dict(data_dir=self.data_dir, val_size=self.val_size, test_size=self.test_size, preset=self.preset,
                       finetune=self.finetune, score_batch=self.score_batch, scoring=self.scoring)  # fmt: skip
-        timed = dict(latency=self.latency, calibration=self.calibration)
+        timed = dict(latency=self.latency)
+        calibration = {st: self.calibration if _calibrated(st) else None for st in self.strategies}
         out = []
         for dataset in self.datasets:
             for model in self.models:
@@ -443,7 +449,8 @@ class SweepConfig:
                 out += [ExperimentConfig(strategy=REFERENCE, compression=1, seed=s, schedule=ref, **base)
                         for ref in references for s in self.seeds]  # fmt: skip
                 out += [
-                    ExperimentConfig(strategy=st, compression=c, seed=s, schedule=sc, nm=nm[st], **base, **timed)
+                    ExperimentConfig(strategy=st, compression=c, seed=s, schedule=sc, nm=nm[st], **base, **timed,
+                                     calibration=calibration[st])
                     for sc in self.schedules
                     for st in self.strategies
                     for c in self.compressions

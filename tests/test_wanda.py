@@ -145,3 +145,12 @@ def sbjax_keys(seed):
     from sbjax.seeds import experiment_keys
 
     return experiment_keys(seed)
+
+
+def test_a_sweep_passes_its_calibration_to_the_pruned_experiments():
+    from sbjax.config import SweepConfig
+
+    sweep = SweepConfig(datasets=("mnist5k",), models=("mlp",), strategies=("wanda", "global_magnitude"),
+                        compressions=(2.0,), seeds=(0,), calibration=64)  # fmt: skip
+    by_strategy = {e.strategy: e.calibration for e in sweep.experiments()}
+    assert by_strategy == {"none": None, "wanda": 64, "global_magnitude": None}  # ids of the others unchanged

@@ -1,13 +1,14 @@
 """Pruning strategies: values built from a score and a scope, the baselines, at-init methods, controls.
 
 A strategy is a pure function ``(params, grads, fraction, *, key, activations, mask, selection,
-loss, apply, input_shape) -> mask``; ``fraction`` is the kept fraction of the *prunable* entries
+loss, apply, input_shape, calibration) -> mask`` (SparseGPT, which also reconstructs the kept
+weights, returns ``(mask, params)``: see ``posttrain``); ``fraction`` is the kept fraction of the *prunable* entries
 (ShrinkBench's meaning). The library builds them as small frozen values (:func:`make`: a score
 function, a scope, the inputs it needs, and the rounds when iterative); a plain function with
 that signature is a valid strategy too. See ``sbjax.strategies.core`` for the value,
 ``baselines`` for ShrinkBench's seven, ``nm`` for N:M patterns, ``channels`` for whole channels
 (structured, with the group scope), ``at_init`` for pruning at
-initialization, ``controls`` for the checklist's controls and ``registry`` for names and
+initialization, ``posttrain`` for post-training pruning on calibration data (Wanda, SparseGPT), ``controls`` for the checklist's controls and ``registry`` for names and
 ``"package.module:attr"`` import paths.
 
 | strategy | score | scope | needs |

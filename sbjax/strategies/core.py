@@ -14,7 +14,8 @@ library builds strategies as small frozen values with :func:`make`::
 - the **scope** turns scores into a mask at a kept fraction: :data:`GLOBAL` (one threshold across
   all prunable leaves), :data:`PER_TENSOR` (each leaf keeps ``fraction`` of its entries); channel
   groups and N:M patterns are further scopes with the same ``mask`` method;
-- the **needs** (``"grads"``, ``"activations"``, ``"key"``, ``"loss"``, ``"apply"``) say which
+- the **needs** (``"grads"``, ``"activations"``, ``"key"``, ``"loss"``, ``"apply"``,
+  ``"calibration"``) say which
   inputs the runner computes and passes: a strategy is given exactly what it declares;
 - the **rounds**: ``1`` scores once; ``n > 1`` prunes iteratively, rescoring the masked params
   each round on the exponential schedule of :func:`exponential_fractions` (SynFlow's).
