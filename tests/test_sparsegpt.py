@@ -187,3 +187,32 @@ def test_already_pruned_weights_stay_pruned_and_needs_are_checked():
     with pytest.raises(ValueError, match="needs a batch of calibration inputs"):
         strategies.sparsegpt(params, None, 0.5, apply=apply, selection=ALL)
     assert "sparsegpt" in strategies.names() and "nm_sparsegpt" in strategies.names()
+
+
+class FlaxAttention(nn.Module):
+    """Flax's own attention: DenseGeneral kernels (8, 2, 4) for q/k/v and (2, 4, 8) for the output."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=8, name="mha")(x, x)
+
+
+def test_multi_axis_kernels_are_pruned_along_their_contracted_axes():
+    model = FlaxAttention()
+    x = jax.random.normal(jax.random.key(0), (3, 5, 8))
+    params = model.init(jax.random.key(1), x)["params"]
+    apply = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
+    seen = {}
+    layerwise.walk_products(apply, params, x, lambda path, k, x2d, axes: seen.setdefault(path, (k.shape, axes)) and None,
+                            selection=ALL)  # fmt: skip
+    assert seen == {"mha/query/kernel": ((8, 2, 4), (0,)), "mha/key/kernel": ((8, 2, 4), (0,)),
+                    "mha/value/kernel": ((8, 2, 4), (0,)), "mha/out/kernel": ((2, 4, 8), (0, 1))}  # fmt: skip
+    mask, new = strategies.sparsegpt(params, None, 0.5, apply=apply, calibration=x, selection=ALL)
+    out = np.asarray(mask["mha"]["out"]["kernel"])
+    assert out.shape == (2, 4, 8) and out.sum() == 32
+    # the layer as a matrix: rows are the 8 outputs, columns the 2 x 4 contracted inputs
+    w = layerwise.kernel_matrix(params["mha"]["out"]["kernel"], (0, 1))
+    np.testing.assert_array_equal(layerwise.matrix_kernel(w, (0, 1), (2, 4, 8)), params["mha"]["out"]["kernel"])
+    mask, _ = strategies.nm_sparsegpt(params, None, 0.5, apply=apply, calibration=x, selection=ALL)
+    q = np.asarray(mask["mha"]["query"]["kernel"])  # (in=8, 2, 4): every 4 inputs keep 2 for each output
+    assert np.all(q.reshape(2, 4, 8).sum(1) == 2)

@@ -16,8 +16,9 @@ layer on the inputs that the already-pruned earlier layers produce) without know
 architecture: any Flax model (Linen or a plain function) with dense kernels works. A kernel met
 again later (a layer called twice, tied weights) is visited only at its first product; later
 products use its substituted value. Convolutions are not visited (their kernels pass through
-unchanged), nor kernels transposed or reshaped before their product, nor products inside ``scan``/``while`` bodies (``nn.scan`` over layers); calls
-(``jit``, ``custom_jvp``/``custom_vjp``, remat) are entered.
+unchanged), nor kernels transposed or reshaped before their product, nor products inside
+``scan``/``while`` bodies (``nn.scan`` over layers); calls (``jit``, ``custom_jvp``/``custom_vjp``,
+remat) are entered.
 """
 
 from __future__ import annotations

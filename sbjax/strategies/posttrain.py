@@ -15,9 +15,10 @@ Accurately Pruned in One-Shot" (Algorithm 1). The magnitude baselines of both pa
 ``layer_magnitude`` (each layer keeps ``fraction``) and ``nm_magnitude``.
 
 Both need ``apply`` and ``calibration`` (a batch of model inputs: token sequences for a language
-model, images for a vision model) and prune only dense kernels (two or more dimensions) met in a
-matrix product with an activation (see :mod:`sbjax.strategies.layerwise`); biases, norms and
-convolutions stay dense (Wanda ranks a prunable kernel met in no product by ``|w|``). Wanda's norms come from one forward pass of the given params (a score);
+model, images for a vision model). They work on the dense kernels met in a matrix product with
+an activation (see :mod:`sbjax.strategies.layerwise`); biases and norms stay dense; a prunable
+kernel met in no such product (a convolution) stays dense under SparseGPT and is ranked by
+``|w|`` under Wanda. Wanda's norms come from one forward pass of the given params (a score);
 SparseGPT goes layer after layer: each layer's Hessian is computed from the inputs that the
 already pruned and reconstructed earlier layers produce, and it returns new weights as well as
 the mask (``returns_params``, see :mod:`sbjax.strategies.core`): call it through :func:`prune`.
