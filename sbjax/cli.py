@@ -660,6 +660,47 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_perplexity(subparsers) -> None:
+    p = subparsers.add_parser("perplexity", help="perplexity of a language model, optionally pruned after training "
+                              "(wanda, sparsegpt, ...) with no finetuning")  # fmt: skip
+    p.add_argument("--model", default="gpt2", help="a language model of the registry (task 'lm'); default: gpt2")
+    p.add_argument("--weights", help="Hugging Face GPT-2 weights (.safetensors or a torch.save state_dict); "
+                   "default: initialized from --seed")  # fmt: skip
+    p.add_argument("--text", required=True, help="'local:PATH' (a file or folder) or a Hugging Face text dataset "
+                   "such as wikitext-2-raw-v1 (needs the datasets package)")  # fmt: skip
+    p.add_argument("--split", default="test", help="the split of a Hugging Face dataset to score (default: test)")
+    p.add_argument("--suffix", default=".txt", help="the files of a local folder to read (default: .txt)")
+    p.add_argument("--tokenizer", default="gpt2", help="'bytes' or a Hugging Face tokenizer name (default: gpt2)")
+    p.add_argument("--max-length", type=int, default=1024, help="window length of the strided protocol")
+    p.add_argument("--stride", type=int, default=512, help="stride of the strided protocol")
+    p.add_argument("--limit-tokens", type=int, help="score only the first N tokens")
+    p.add_argument("--strategy", default="none", help="prune first with this strategy (see `sbjax strategies`)")
+    p.add_argument("--sparsity", type=float, default=0.5, help="the pruned fraction of each layer (default 0.5; "
+                   "N:M strategies ignore it)")  # fmt: skip
+    p.add_argument("--nm", help="the N:M pattern of an N:M strategy, e.g. 4:8 (default 2:4)")
+    p.add_argument("--calibration-text", help="the calibration text source (default: --text, its train split)")
+    p.add_argument("--calibration-samples", type=int, default=128, help="calibration sequences (default 128)")
+    p.add_argument("--calibration-length", type=int, default=2048, help="calibration sequence length (default 2048)")
+    p.add_argument("--seed", type=int, default=0, help="the calibration seed (and the initialization's)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    p.set_defaults(func=_cmd_perplexity)
+
+
+def _cmd_perplexity(args: argparse.Namespace) -> int:
+    import json
+
+    from sbjax import language
+
+    row = language.perplexity_command(
+        model=args.model, weights=args.weights, text=args.text, split=args.split, suffix=args.suffix,
+        tokenizer=args.tokenizer, max_length=args.max_length, stride=args.stride, limit_tokens=args.limit_tokens,
+        strategy=args.strategy, sparsity=args.sparsity, nm=args.nm, calibration_text=args.calibration_text,
+        samples=args.calibration_samples, length=args.calibration_length, seed=args.seed, batch_size=args.batch_size,
+    )  # fmt: skip
+    print(json.dumps(row, sort_keys=True))
+    return 0
+
+
 def _add_info(subparsers) -> None:
     p = subparsers.add_parser("info", help="versions, JAX devices and the process settings sbjax runs with")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -705,6 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_metrics(subparsers)
     _add_port(subparsers)
     _add_eval(subparsers)
+    _add_perplexity(subparsers)
     _add_info(subparsers)
     return parser
 

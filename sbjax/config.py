@@ -181,6 +181,11 @@ def _check_precision(precision: str) -> None:
         raise ConfigError(f"precision must be one of {choices}, got {precision!r}")
 
 
+def _calibrated(strategy: str) -> bool:
+    """Whether the strategy named ``strategy`` calibrates on data (needs ``"calibration"``)."""
+    return strategy != REFERENCE and "calibration" in getattr(strategies_lib.resolve(strategy), "needs", ())
+
+
 def _check_nm(nm: str | None, strategy: str) -> str | None:
     """``nm`` as ``"N:M"``, or ``None`` where it is the strategy's own pattern; refused for other strategies."""
     if nm is None:
@@ -241,6 +246,9 @@ class ExperimentConfig:
         stream: read the data record by record on host workers (``True``, ``sbjax.data.stream``),
             into memory (``False``), or choose by the decoded size (``None``, default). Streamed
             training augments on the host, so a set value enters the id.
+        calibration: the number of training examples the post-training strategies (``wanda``,
+            ``nm_wanda``) calibrate on, drawn with the seed's score key; ``None``: the scoring
+            batch size. (Language models: ``sbjax.language.Calibration``.)
     """
 
     dataset: str
@@ -263,10 +271,13 @@ class ExperimentConfig:
     latency: int | None = None
     precision: str = precision_lib.DEFAULT
     stream: bool | None = None
+    calibration: int | None = None
 
     def __post_init__(self):
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "finetune"}
         _check_types(_hints(ExperimentConfig), values, paths=("checkpoint", "data_dir"))
+        if self.calibration is not None and self.calibration < 1:
+            raise ConfigError(f"calibration must be a positive number of training examples or null, got {self.calibration!r}")
         _check_latency(self.latency)
         _check_precision(self.precision)
         object.__setattr__(self, "nm", _check_nm(self.nm, self.strategy))
@@ -312,7 +323,7 @@ class ExperimentConfig:
             test_size=self.test_size, score_batch=self.score_batch or settings.batch_size, scoring=self.scoring,
             finetune=dataclasses.asdict(settings),
             schedule=None if self.schedule == schedules_lib.DEFAULT else _schedule_identity(self.schedule),
-            nm=self.nm, latency=self.latency,
+            nm=self.nm, latency=self.latency, calibration=self.calibration,
             precision=None if self.precision == precision_lib.DEFAULT else self.precision,
             stream=self.stream,
         )  # fmt: skip
@@ -389,7 +400,8 @@ class SweepConfig:
     ``latency`` (a batch size) times the dense and the slimmed model of every pruned
     experiment (see ``ExperimentConfig.latency``). ``precision`` (``"float32"`` or
     ``"bfloat16"``) is every experiment's compute precision (see ``ExperimentConfig.precision``). ``stream`` is
-    ``ExperimentConfig.stream``.
+    ``ExperimentConfig.stream``; ``calibration`` the number of training examples
+    of the post-training strategies, set on their experiments only (``ExperimentConfig.calibration``).
     """
 
     datasets: tuple[str, ...]
@@ -412,6 +424,7 @@ class SweepConfig:
     latency: int | None = None
     precision: str = precision_lib.DEFAULT
     stream: bool | None = None
+    calibration: int | None = None
 
     def __post_init__(self):
         for field in ("datasets", "models", "strategies", "compressions", "seeds", "schedules"):
@@ -451,6 +464,7 @@ class SweepConfig:
                       finetune=self.finetune, score_batch=self.score_batch, scoring=self.scoring,
                       precision=self.precision, stream=self.stream)  # fmt: skip
         timed = dict(latency=self.latency)
+        calibration = {st: self.calibration if _calibrated(st) else None for st in self.strategies}
         out = []
         for dataset in self.datasets:
             for model in self.models:
@@ -460,7 +474,8 @@ class SweepConfig:
                 out += [ExperimentConfig(strategy=REFERENCE, compression=1, seed=s, schedule=ref, **base)
                         for ref in references for s in self.seeds]  # fmt: skip
                 out += [
-                    ExperimentConfig(strategy=st, compression=c, seed=s, schedule=sc, nm=nm[st], **base, **timed)
+                    ExperimentConfig(strategy=st, compression=c, seed=s, schedule=sc, nm=nm[st], **base, **timed,
+                                     calibration=calibration[st])
                     for sc in self.schedules
                     for st in self.strategies
                     for c in self.compressions

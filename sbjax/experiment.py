@@ -137,6 +137,10 @@ def make_mask(setup: Setup, config: ExperimentConfig, *, variables: Variables | 
         extra["loss"] = jax.tree_util.Partial(_loss_of(setup.model, config.scoring), rest, x, y)
     if "apply" in strategy.needs:
         extra.update(apply=jax.tree_util.Partial(_apply_of(setup.model), rest), input_shape=tuple(setup.input_shape))
+    if "calibration" in strategy.needs:
+        _check_calibration(config, strategy)
+        size = config.calibration or config.score_batch or config.settings.batch_size
+        extra["calibration"] = _scoring_batch(setup, keys["score"], size)[0]
     return _jitted(strategy)(params, grads, jnp.float32(fraction), key=key, activations=activations, mask=mask,
                              selection=selection, **extra)  # fmt: skip
 
@@ -155,6 +159,15 @@ def _loss_of(model: Any, mode: str):
 def _apply_of(model: Any):
     """``apply(rest, params, x)``: the logits in eval mode (one function per model)."""
     return lambda rest, params, x: model.apply({**rest, "params": params}, x, train=False)
+
+
+def _check_calibration(config: ExperimentConfig, strategy: Any) -> None:
+    """Post-training strategies calibrate on training images; one that updates the weights is refused here."""
+    _check_data(config, frozenset({"calibration"}))
+    if getattr(strategy, "returns_params", False):
+        raise ValueError(f"strategy {config.strategy!r} updates the kept weights as well as the mask, and the image "
+                         "runner takes masks only; call sbjax.strategies.prune (or sbjax.language for language "
+                         "models)")  # fmt: skip
 
 
 def _check_data(config: ExperimentConfig, needs: frozenset[str]) -> None:

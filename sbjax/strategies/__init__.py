@@ -1,13 +1,14 @@
 """Pruning strategies: values built from a score and a scope, the baselines, at-init methods, controls.
 
 A strategy is a pure function ``(params, grads, fraction, *, key, activations, mask, selection,
-loss, apply, input_shape) -> mask``; ``fraction`` is the kept fraction of the *prunable* entries
+loss, apply, input_shape, calibration) -> mask`` (SparseGPT, which also reconstructs the kept
+weights, returns ``(mask, params)``: see ``posttrain``); ``fraction`` is the kept fraction of the *prunable* entries
 (ShrinkBench's meaning). The library builds them as small frozen values (:func:`make`: a score
 function, a scope, the inputs it needs, and the rounds when iterative); a plain function with
 that signature is a valid strategy too. See ``sbjax.strategies.core`` for the value,
 ``baselines`` for ShrinkBench's seven, ``nm`` for N:M patterns, ``channels`` for whole channels
 (structured, with the group scope), ``at_init`` for pruning at
-initialization, ``controls`` for the checklist's controls and ``registry`` for names and
+initialization, ``posttrain`` for post-training pruning on calibration data (Wanda, SparseGPT), ``controls`` for the checklist's controls and ``registry`` for names and
 ``"package.module:attr"`` import paths.
 
 | strategy | score | scope | needs |
@@ -21,6 +22,8 @@ initialization, ``controls`` for the checklist's controls and ``registry`` for n
 | ``snip`` | ``|w * dL/dw|`` at initialization (Lee et al., 2019) | global | grads |
 | ``grasp`` | ``w * Hg`` (Wang et al., 2020) | global | loss |
 | ``synflow`` | ``|w| * dR/d|w|``, 100 rounds (Tanaka et al., 2020) | global, iterative | apply |
+| ``wanda`` / ``nm_wanda`` | ``|w| * ||x||_2`` of calibration inputs (Sun et al., 2023) | per output / N:M | apply, calibration |
+| ``sparsegpt`` / ``nm_sparsegpt`` | layer-wise OBS reconstruction (Frantar & Alistarh, 2023); returns ``(mask, params)`` | per block / N:M | apply, calibration |
 | ``random_proportions(METHOD)`` | METHOD's per-layer counts, random entries | per tensor | METHOD's + key |
 | ``magnitude_proportions(METHOD)`` | METHOD's per-layer counts, largest ``|w|`` | per tensor | METHOD's |
 | ``reinit(METHOD)`` | METHOD's mask; the runner retrains from a fresh init | METHOD's | METHOD's |
@@ -74,9 +77,31 @@ from sbjax.strategies.core import (
     map_prunable_with_path,
 )
 from sbjax.strategies.nm import NM, NM_STRATEGIES, nm_activation, nm_gradient, nm_keep, nm_magnitude, nm_of, with_pattern
+from sbjax.strategies.posttrain import (
+    PER_OUTPUT,
+    POSTTRAIN,
+    PerOutput,
+    SparseGPT,
+    nm_sparsegpt,
+    nm_wanda,
+    prune,
+    sparsegpt,
+    sparsegpt_layer,
+    wanda,
+)
 from sbjax.strategies.registry import REGISTRY, get, names, register, resolve, templates
 
 __all__ = [
+    "PER_OUTPUT",
+    "POSTTRAIN",
+    "PerOutput",
+    "SparseGPT",
+    "nm_sparsegpt",
+    "nm_wanda",
+    "prune",
+    "sparsegpt",
+    "sparsegpt_layer",
+    "wanda",
     "AT_INIT",
     "BASELINES",
     "CHANNELS",

@@ -14,7 +14,8 @@ library builds strategies as small frozen values with :func:`make`::
 - the **scope** turns scores into a mask at a kept fraction: :data:`GLOBAL` (one threshold across
   all prunable leaves), :data:`PER_TENSOR` (each leaf keeps ``fraction`` of its entries); channel
   groups and N:M patterns are further scopes with the same ``mask`` method;
-- the **needs** (``"grads"``, ``"activations"``, ``"key"``, ``"loss"``, ``"apply"``) say which
+- the **needs** (``"grads"``, ``"activations"``, ``"key"``, ``"loss"``, ``"apply"``,
+  ``"calibration"``) say which
   inputs the runner computes and passes: a strategy is given exactly what it declares;
 - the **rounds**: ``1`` scores once; ``n > 1`` prunes iteratively, rescoring the masked params
   each round on the exponential schedule of :func:`exponential_fractions` (SynFlow's).
@@ -23,6 +24,16 @@ The two function-valued needs are ``jax.tree_util.Partial`` values, so that a ji
 takes them as arguments: ``loss(params) -> scalar``, the mean cross-entropy on one scoring batch
 (batch norm in the scoring mode), and ``apply(params, x) -> logits`` (batch norm with its running
 statistics), which comes with ``input_shape``, one example's static shape without the batch axis.
+``calibration`` is a batch of model inputs for ``apply`` (the calibration set of the
+post-training strategies of :mod:`sbjax.strategies.posttrain`); with it, ``apply`` does not
+require ``input_shape``.
+
+**Strategies that update the weights.** A strategy value whose class sets ``returns_params =
+True`` returns ``(mask, params)`` instead of a mask: the mask and new weights, in which the kept
+entries may have changed (SparseGPT reconstructs each layer's output from its calibration
+inputs) and the pruned ones are zero. The runner continues from those weights;
+:func:`sbjax.strategies.posttrain.prune` calls any strategy and always returns ``(mask,
+params)`` (``params * mask`` for a strategy that returns a mask only).
 
 A plain function with the design card's signature is a valid strategy too
 (:func:`from_function`). Entries that a given ``mask`` already prunes are ranked below all
@@ -70,13 +81,14 @@ __all__ = [
 ]
 
 #: What a strategy may declare it needs; the runner computes only these.
-NEEDS = frozenset({"grads", "activations", "key", "loss", "apply"})
+NEEDS = frozenset({"grads", "activations", "key", "loss", "apply", "calibration"})
 _WHAT = {
     "grads": "gradients with the params' structure (grads=...)",
     "activations": "per-layer input activations (activations=...)",
     "key": "a jax.random key (key=...)",
     "loss": "the scoring batch's loss as a jax.tree_util.Partial loss(params) -> scalar (loss=...)",
     "apply": "the forward pass as a jax.tree_util.Partial apply(params, x) -> logits (apply=...)",
+    "calibration": "a batch of calibration inputs for apply (calibration=...)",
 }
 
 
@@ -252,14 +264,14 @@ def _check_given(name: str, needs: frozenset[str], given: Mapping[str, Any]) -> 
     for need in sorted(needs):
         if given[need] is None:
             raise ValueError(f"strategy {name!r} needs {_WHAT[need]}, got None")
-    if "apply" in needs and given.get("input_shape") is None:
+    if "apply" in needs and "calibration" not in needs and given.get("input_shape") is None:
         raise ValueError(f"strategy {name!r} needs input_shape=..., one example's shape without the batch axis, "
                          "with apply=...")  # fmt: skip
 
 
-def _given(grads, key, activations, loss, apply, input_shape) -> dict[str, Any]:
+def _given(grads, key, activations, loss, apply, input_shape, calibration=None) -> dict[str, Any]:
     return {"grads": grads, "activations": activations, "key": key, "loss": loss, "apply": apply,
-            "input_shape": None if input_shape is None else tuple(input_shape)}  # fmt: skip
+            "input_shape": None if input_shape is None else tuple(input_shape), "calibration": calibration}  # fmt: skip
 
 
 def _declared(given: Mapping[str, Any], needs: frozenset[str]) -> dict[str, Any]:
@@ -327,9 +339,10 @@ class Strategy:
         loss: Callable[[Params], jax.Array] | None = None,
         apply: Callable[[Params, jax.Array], jax.Array] | None = None,
         input_shape: tuple[int, ...] | None = None,
+        calibration: Any = None,
     ) -> Mask:
         """The mask keeping ``fraction`` of the prunable entries of ``params``."""
-        given = _given(grads, key, activations, loss, apply, input_shape)
+        given = _given(grads, key, activations, loss, apply, input_shape, calibration)
         _check_given(self.name, self.needs, given)
         inputs = _declared(given, self.needs)
         grads = inputs.pop("grads")
@@ -391,12 +404,12 @@ class FunctionStrategy:
         object.__setattr__(self, "needs", _needs(self.needs))
 
     def __call__(self, params, grads=None, fraction=1.0, *, key=None, activations=None, mask=None,
-                 selection: Selection = DEFAULT, loss=None, apply=None, input_shape=None) -> Mask:  # fmt: skip
-        given = _given(grads, key, activations, loss, apply, input_shape)
+                 selection: Selection = DEFAULT, loss=None, apply=None, input_shape=None, calibration=None) -> Mask:  # fmt: skip
+        given = _given(grads, key, activations, loss, apply, input_shape, calibration)
         _check_given(self.name, self.needs, given)
         declared = _declared(given, self.needs)
         accepted = _keywords(self.fn)
-        new = {k: declared[k] for k in ("loss", "apply", "input_shape")}
+        new = {k: declared[k] for k in ("loss", "apply", "input_shape", "calibration")}
         offered = {"key": key, "activations": activations, "mask": mask, "selection": selection, **new}
         kwargs = {k: v for k, v in offered.items() if accepted is None or k in accepted}
         return self.fn(params, declared["grads"], fraction, **kwargs)

@@ -27,19 +27,20 @@ from sbjax.strategies.channels import CHANNELS
 from sbjax.strategies.controls import CONTROLS, Control, templates
 from sbjax.strategies.core import FunctionStrategy, Strategy, from_function
 from sbjax.strategies.nm import NM_STRATEGIES
+from sbjax.strategies.posttrain import POSTTRAIN, SparseGPT
 
 __all__ = ["REGISTRY", "get", "names", "register", "resolve", "templates"]
 
-AnyStrategy = Strategy | FunctionStrategy | Control
+AnyStrategy = Strategy | FunctionStrategy | Control | SparseGPT
 
-_registered: dict[str, AnyStrategy] = {strategy.name: strategy for strategy in BASELINES + NM_STRATEGIES + CHANNELS + AT_INIT}
+_registered: dict[str, AnyStrategy] = {strategy.name: strategy for strategy in BASELINES + NM_STRATEGIES + CHANNELS + POSTTRAIN + AT_INIT}
 _CONTROL = re.compile(r"\s*(\w+)\s*\((.*)\)\s*")
 #: The registered strategies by name (read-only; add with :func:`register`).
 REGISTRY: Mapping[str, AnyStrategy] = types.MappingProxyType(_registered)
 
 
 def _as_strategy(value: Any, name: str) -> AnyStrategy:
-    if isinstance(value, (Strategy, FunctionStrategy, Control)):
+    if isinstance(value, (Strategy, FunctionStrategy, Control, SparseGPT)):
         return value
     if callable(value):
         return from_function(value, name=name)
@@ -61,7 +62,7 @@ def register(name: str, strategy: AnyStrategy | Callable[..., Any]) -> AnyStrate
 
 
 def names() -> list[str]:
-    """The registered strategy names: the baselines, N:M, channels, at initialization, then users'.
+    """The registered strategy names: the baselines, N:M, channels, post-training, at initialization, then users'.
 
     The controls are templates over these (see :func:`templates`), not names.
     """
