@@ -30,7 +30,7 @@ from sbjax import precision as precision_lib
 from sbjax import schedules as schedules_lib
 from sbjax import strategies as strategies_lib
 
-__all__ = ["SCORING", "SETTING_COLUMNS", "ConfigError", "ExperimentConfig", "SweepConfig", "finetune_settings",
+__all__ = ["SCORING", "SETTING_COLUMNS", "SETTING_DEFAULTS", "ConfigError", "ExperimentConfig", "SweepConfig", "finetune_settings",
            "load_sweep", "parse_nm", "parse_set", "shipped"]
 
 REFERENCE = "none"  # the strategy name of the unpruned reference (compression 1)
@@ -350,7 +350,7 @@ class ExperimentConfig:
         return flat | dict(val_size=self.val_size, test_size=self.test_size,
                            score_batch=self.score_batch or self.settings.batch_size, scoring=self.scoring,
                            data_dir=None if self.data_dir is None else str(self.data_dir),
-                           precision=self.precision)  # fmt: skip
+                           precision=self.precision, stream=self.stream, calibration=self.calibration)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         """The fields, with the overrides as a mapping and the resolved settings."""
@@ -372,11 +372,16 @@ def _flatten(mapping: Mapping[str, Any], prefix: str) -> dict[str, Any]:
 
 def _setting_columns() -> tuple[str, ...]:
     fields = dataclasses.asdict(optim.FinetuneConfig())
-    return (*_flatten(fields, "finetune."), "val_size", "test_size", "score_batch", "scoring", "data_dir", "precision")
+    return (*_flatten(fields, "finetune."), "val_size", "test_size", "score_batch", "scoring", "data_dir", "precision",
+            "stream", "calibration")  # fmt: skip
 
 
 SETTING_COLUMNS: tuple[str, ...] = _setting_columns()
 """The result columns of an experiment's settings (:meth:`ExperimentConfig.columns`)."""
+
+SETTING_DEFAULTS: Mapping[str, Any] = types.MappingProxyType({"precision": precision_lib.DEFAULT, "stream": None,
+                                                               "calibration": None})  # fmt: skip
+"""The values of setting columns that results written before the setting existed lack."""
 
 
 def _schedule_identity(schedule: schedules_lib.Schedule) -> dict[str, Any]:

@@ -99,11 +99,14 @@ Data = tuple[jax.Array, jax.Array] | streaming.StreamSplit
 
 
 def eval_sums(eval_step: train_lib.EvalStep, variables: Variables, data: Data,
-              transform: Transform, batch_size: int) -> dict[str, jax.Array]:  # fmt: skip
-    """Validation sums over a split: scalars for one model, (K,) vectors for K stacked models."""
+              transform: Transform, batch_size: int, mesh: Any = None) -> dict[str, jax.Array]:  # fmt: skip
+    """Validation sums over a split: scalars for one model, (K,) vectors for K stacked models.
+
+    A streamed split's batches are placed over ``mesh`` (``sbjax.data.stream.data_sharding``).
+    """
     totals = {"loss": 0.0, "top1": 0, "top5": 0, "count": 0}
     if isinstance(data, streaming.StreamSplit):
-        batches = streaming.eval_batches(data, batch_size, transform)
+        batches = streaming.eval_batches(data, batch_size, transform, mesh)
     else:
         batches = eval_batches(*data, batch_size, transform)
     for x, y, valid in batches:
@@ -125,8 +128,8 @@ def _fold_in(key: jax.Array, data: int) -> jax.Array:
 
 def train_epoch(step: train_lib.TrainStep, state: train_lib.TrainState, data: Data,
                 key: jax.Array, epoch: int, settings: FinetuneConfig, transform: Transform, progress: Progress,
-                epochs: int, updates: Any = None,
-                within: Within | None = None) -> tuple[train_lib.TrainState, tuple[jax.Array, jax.Array, int]]:  # fmt: skip
+                epochs: int, updates: Any = None, within: Within | None = None,
+                mesh: Any = None) -> tuple[train_lib.TrainState, tuple[jax.Array, jax.Array, int]]:  # fmt: skip
     """One epoch of one model (``key`` of shape ``()``) or of K stacked models (``key`` (K,)).
 
     Batch orders and augmentation derive from ``fold_in(key, 0)``, dropout from
@@ -135,7 +138,8 @@ def train_epoch(step: train_lib.TrainStep, state: train_lib.TrainState, data: Da
     from the first step of the run (epoch ``e``'s step ``i`` is ``e * steps + i``). A streamed
     ``data`` gives each model the batches of its own key's pipeline
     (:class:`sbjax.data.stream.TrainFeed`, augmented on host workers). ``within`` saves and
-    resumes the epoch part way (:class:`Within`).
+    resumes the epoch part way (:class:`Within`). A streamed split's batches are placed over
+    ``mesh`` (default: every device).
 
     Returns:
         The state and ``(summed loss, summed top-1 count, steps)``, per model for K models.
@@ -149,7 +153,8 @@ def train_epoch(step: train_lib.TrainStep, state: train_lib.TrainState, data: Da
         loss, top1 = within.loss, within.top1
     dropout = _fold_in(_fold_in(key, 1), epoch)
     if isinstance(data, streaming.StreamSplit):
-        batches = streaming.TrainFeed(data, _fold_in(key, 0), epoch, settings.batch_size, transform, within.feed)
+        batches = streaming.TrainFeed(data, _fold_in(key, 0), epoch, settings.batch_size, transform, within.feed,
+                                      mesh)
     else:
         batches = epoch_batches(*data, _fold_in(key, 0), epoch, settings.batch_size, transform, start=within.start)
     try:

@@ -42,7 +42,7 @@ from sbjax import data as data_lib
 from sbjax import masks as masks_lib
 from sbjax import metrics as metrics_lib
 from sbjax import models, scoring, strategies
-from sbjax.config import REFERENCE, SETTING_COLUMNS, ExperimentConfig, SweepConfig, parse_nm
+from sbjax.config import REFERENCE, SETTING_COLUMNS, SETTING_DEFAULTS, ExperimentConfig, SweepConfig, parse_nm
 from sbjax.evaluate import evaluate
 from sbjax import schedules as schedules_lib
 from sbjax import stacked
@@ -579,16 +579,22 @@ def _other_settings(store: Store, experiments: Sequence[ExperimentConfig]) -> st
     ids, mine = {c.id for c in experiments}, [c.columns() for c in experiments]
     keys = {tuple(m[c] for c in SETTING_COLUMNS) for m in mine}
     others = [row for row in store.rows() if row.get("experiment_id") not in ids
-              and tuple(row.get(c, missing) for c in SETTING_COLUMNS) not in keys]  # fmt: skip
+              and tuple(_setting(row, c, missing) for c in SETTING_COLUMNS) not in keys]  # fmt: skip
     if not others:
         return None
     differ = []
     for column in SETTING_COLUMNS:
-        old, new = ({str(r.get(column, missing)) for r in rows} for rows in (others, mine))
+        old, new = ({str(_setting(r, column, missing)) for r in rows} for rows in (others, mine))
         if old != new:
             differ.append(f"{column} {'/'.join(sorted(old))} vs {'/'.join(sorted(new))}")
     return (f"{store.root} already holds {_count(len(others), 'experiment')} with other settings ({'; '.join(differ)}); "
             "rows are kept apart by their settings columns")  # fmt: skip
+
+
+def _setting(row: dict[str, Any], column: str, missing: str) -> Any:
+    """A row's setting; a row written before the setting existed has its default (``missing``
+    if it has none: results written before settings were recorded)."""
+    return row.get(column, SETTING_DEFAULTS.get(column, missing))
 
 
 def _setup(setups: dict[tuple, Setup], config: ExperimentConfig, sweep: SweepConfig) -> Setup:

@@ -237,7 +237,7 @@ def finetune_many(
         epoch, start = run.epochs(), time.perf_counter()
         run.state, (loss, top1, steps) = train_epoch(step, run.state, train_data, keys, epoch, settings,
                                                       transform_train, progress, settings.epochs,
-                                                      updates=updates, within=within)  # fmt: skip
+                                                      updates=updates, within=within, mesh=mesh)  # fmt: skip
         within = dataclasses.replace(within, start=0, loss=None, top1=None, feed=None)
         sums = _validate(model, eval_step, execution, variables_of(run.state), val_data, transform_eval,
                          eval_batch_size, precision=precision, mesh=mesh)  # fmt: skip
@@ -282,9 +282,9 @@ def _validate(model, eval_step, execution: str, variables: Variables, data, tran
     """
     if execution == "sequential" and jax.tree.leaves(variables)[0].shape[0] == 1:
         one = train_lib.eval_step_for(model, precision, mesh)
-        sums = eval_sums(one, stacked.index(variables, 0), data, transform, batch_size)
+        sums = eval_sums(one, stacked.index(variables, 0), data, transform, batch_size, mesh)
         return jax.tree.map(lambda a: jnp.asarray(a)[None], sums)
-    return eval_sums(eval_step, variables, data, transform, batch_size)
+    return eval_sums(eval_step, variables, data, transform, batch_size, mesh)
 
 
 def _on_device(data: ImageData | StreamSplit):

@@ -43,7 +43,7 @@ from typing import IO, Any
 
 import pandas as pd
 
-from sbjax.config import SETTING_COLUMNS
+from sbjax.config import SETTING_COLUMNS, SETTING_DEFAULTS
 from sbjax.data.cache import file_mode
 
 __all__ = [
@@ -366,7 +366,9 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(flat, columns=list(COLUMNS))
     frame["schedule"] = frame["schedule"].astype(object).fillna("oneshot")
     frame["round"] = frame["round"].fillna(1).astype(int)
-    frame["precision"] = frame["precision"].astype(object).fillna("float32")  # rows from before the setting
+    for column, default in SETTING_DEFAULTS.items():  # rows from before the setting
+        if default is not None:
+            frame[column] = frame[column].astype(object).fillna(default)
     order = ["dataset", "model", "strategy", "schedule", "compression", "seed", "round"]
     return frame.sort_values(order, kind="stable", ignore_index=True)
 

@@ -6,10 +6,13 @@ For each run (``plain``: no mesh; ``mesh1``: a mesh of one device; ``meshN``: a 
 device) it saves the losses of three masked SGD steps, the final params and batch statistics,
 the eval sums of a padded batch, and how the arrays were placed; then, without a mesh and on
 every device, the params and eval sums of two stacked models after two steps, and the history
-and the selected variables of a short finetuning run.
+and the selected variables of a short finetuning run; and a finetuning run on a streamed folder,
+without a mesh (every device) and on a mesh of 2 of the devices.
 """
 
 import sys
+import tempfile
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +79,30 @@ def finetuned(mesh) -> dict[str, np.ndarray]:
     return {f"history/{k}": np.asarray([row[k] for row in result.history]) for k in columns} | flat("variables", result.variables)
 
 
+def streamed(mesh, root) -> dict[str, np.ndarray]:
+    """One epoch of the finetuning loop on a streamed folder of 48 tiny PNGs, batches over ``mesh``."""
+    from PIL import Image
+
+    from sbjax.data import make_transform, open_split
+
+    rng = np.random.default_rng(0)
+    for i in range(48):
+        folder = root / "train" / "abcd"[i % 4]
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / f"{i:02d}.png").exists():
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    train_split, val_split = (open_split("folder", s, data_dir=root, val_size=12) for s in ("train", "validation"))
+    model = TinyNet(num_classes=4)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    mask = strategies.random(variables["params"], None, 0.5, key=jax.random.key(1))
+    settings = FinetuneConfig(8, 1, OptimizerConfig("sgd", lr=0.05, momentum=0.9))
+    result = finetune(model, variables, mask, train_split, val_split, settings, jax.random.key(3),
+                      transform_train=make_transform("cifar", (0.5,) * 3, (0.25,) * 3, train=True),
+                      transform_eval=make_transform("cifar", (0.5,) * 3, (0.25,) * 3, train=False), mesh=mesh,
+                      log=lambda line: None)  # fmt: skip
+    return {"val_loss": np.asarray(result.history[-1]["val_loss"])} | flat("variables", result.variables)
+
+
 def main(path: str) -> None:
     model, variables, mask, _, _ = make_tiny()
     data = batches(3, seed=5)
@@ -86,6 +113,9 @@ def main(path: str) -> None:
     for name, mesh in (("plain", None), ("meshN", runs["meshN"])):
         saved |= {f"{name}:stacked/{k}": v for k, v in stacked_run(mesh, model, variables, mask, data).items()}
         saved |= {f"{name}:finetune/{k}": v for k, v in finetuned(mesh).items()}
+    with tempfile.TemporaryDirectory() as root:  # streamed batches over all devices, and over a part of them
+        for name, mesh in (("plain", None), ("mesh2", parallel.data_mesh(jax.devices()[:2]))):
+            saved |= {f"{name}:streamed/{k}": v for k, v in streamed(mesh, Path(root)).items()}
     tx = optax.sgd(0.1)
     step = train.make_train_step(train.make_loss_fn(model), tx, mesh=runs["meshN"])
     state = train.init_state(variables["params"], variables["batch_stats"], mask, tx)

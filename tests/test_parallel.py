@@ -36,8 +36,8 @@ def _keys(runs, name):
 
 
 def _step_keys(runs):
-    """The results of the plain step runs (not the stacked or finetuning ones, not placements)."""
-    return [k for k in _keys(runs, "plain") if not k.startswith(("finetune/", "stacked/")) and k != "state_devices"]
+    """The results of the plain step runs (not the stacked, finetuning or streamed ones, not placements)."""
+    return [k for k in _keys(runs, "plain") if not k.startswith(("finetune/", "stacked/", "streamed/")) and k != "state_devices"]
 
 
 def test_four_devices_split_the_batch_and_replicate_the_state(runs):
@@ -78,6 +78,14 @@ def test_finetuning_loop_on_four_devices_equals_one(runs):
     for key in keys:
         np.testing.assert_allclose(runs[f"meshN:{key}"], runs[f"plain:{key}"], rtol=1e-5, atol=1e-6, err_msg=key)
     assert np.all(runs["plain:finetune/history/val_loss"] < 1.4)  # it trained
+
+
+def test_streamed_batches_follow_the_mesh_given(runs):
+    """Streamed batches placed over a mesh of 2 of the 4 devices (not every device) train like the default."""
+    keys = [k for k in _keys(runs, "plain") if k.startswith("streamed/")]
+    assert len(keys) == 1 + 9
+    for key in keys:
+        np.testing.assert_allclose(runs[f"mesh2:{key}"], runs[f"plain:{key}"], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_uneven_batch_is_a_clear_error(runs):

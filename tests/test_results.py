@@ -107,3 +107,16 @@ def test_report_card_names_what_is_missing():
         "m on d: fewer than 2 seeds for ['global_magnitude', 'none']",
         "m on d: no compression reaches collapse (top-1 below 0.5 x the reference 0.900); extend the range",
     ]
+
+
+@pytest.mark.parametrize("setting, values", [("stream", (None, True)), ("precision", ("float32", "bfloat16")),
+                                             ("calibration", (None, 128))])
+def test_rows_apart_by_a_setting_are_summarized_apart(setting, values):
+    """Two runs of one point that differ in one setting are two points of one seed each, never
+    one point of two seeds; a row written before the setting existed has its default."""
+    old, new = row("random", 2, 0, 0.9), row("random", 2, 0, 0.8, **{setting: values[1]})
+    new["experiment_id"] += "-new"
+    summary = results.summarize(results.aggregate([old, new]))
+    assert sorted(summary["top1_mean"]) == [0.8, 0.9] and list(summary["seeds"]) == [1, 1]
+    same = results.summarize(results.aggregate([old, row("random", 2, 1, 0.8, **{setting: values[0]})]))
+    assert list(same["seeds"]) == [2], "the default and a row without the setting are one setting"

@@ -197,11 +197,13 @@ def should_stream(split: StreamSplit, limit: int | None = None) -> bool:
     return decoded_bytes(split) > (STREAM_ABOVE_BYTES if limit is None else limit)
 
 
-def data_sharding(stacked: bool = False) -> jax.sharding.NamedSharding:
-    """Batches sharded along their batch axis over every device (axis 1 of K stacked models' batches)."""
-    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-    spec = jax.sharding.PartitionSpec(None, "data") if stacked else jax.sharding.PartitionSpec("data")
-    return jax.sharding.NamedSharding(mesh, spec)
+def data_sharding(stacked: bool = False, mesh: jax.sharding.Mesh | None = None) -> jax.sharding.NamedSharding:
+    """Batches sharded along their batch axis (axis 1 of K stacked models' batches) over the
+    ``"data"`` axis of ``mesh`` (``sbjax.parallel.data_mesh``; default: every device, so that the
+    processes of a multi-host run each place their share)."""
+    from sbjax import parallel
+
+    return parallel.batch_sharding(mesh or parallel.data_mesh(jax.devices()), 1 if stacked else 0)
 
 
 def place(local: np.ndarray, sharding: jax.sharding.NamedSharding) -> jax.Array:
@@ -210,10 +212,10 @@ def place(local: np.ndarray, sharding: jax.sharding.NamedSharding) -> jax.Array:
 
 
 def local_batch_size(batch_size: int) -> int:
-    """Rows of a global batch that this process reads; ``batch_size`` must divide over processes and devices."""
-    processes, devices = jax.process_count(), jax.device_count()
-    if batch_size % devices:
-        raise ValueError(f"batch size {batch_size} must be a multiple of the {devices} devices it is sharded over")
+    """Rows of a global batch that this process reads; ``batch_size`` must divide over processes."""
+    processes = jax.process_count()
+    if batch_size % processes:
+        raise ValueError(f"batch size {batch_size} must be a multiple of the {processes} processes it is read by")
     return batch_size // processes
 
 
@@ -300,13 +302,14 @@ def train_iterator(split: StreamSplit, seed: int, epoch: int, batch_size: int, a
     return BatchIterator(_iter_dataset(split, dataset), epoch, steps)
 
 
-def eval_iterator(split: StreamSplit, batch_size: int) -> BatchIterator:
-    """Host evaluation batches ``(uint8 x, int32 y, bool valid)`` of this process: every example once, in order."""
+def eval_iterator(split: StreamSplit, batch_size: int, devices: int | None = None) -> BatchIterator:
+    """Host evaluation batches ``(uint8 x, int32 y, bool valid)`` of this process: every example
+    once, in order, each batch padded to whole rows per device (``devices``: default all)."""
     import grain
 
     n, processes = len(split), jax.process_count()
     batch_size = min(batch_size, n)
-    batch_size += -batch_size % jax.device_count()  # whole rows per device
+    batch_size += -batch_size % (devices or jax.device_count())  # whole rows per device
     steps = -(-n // batch_size)
     local = batch_size // processes
     order = np.arange(steps * batch_size).reshape(steps, processes, local)[:, jax.process_index()].ravel()
@@ -333,15 +336,18 @@ class TrainFeed:
     """K models' training batches of one epoch on the devices, with their pipelines' states."""
 
     def __init__(self, split: StreamSplit, keys: jax.Array, epoch: int, batch_size: int, transform: Any,
-                 states: list[dict[str, Any]] | None = None):  # fmt: skip
+                 states: list[dict[str, Any]] | None = None, mesh: jax.sharding.Mesh | None = None):  # fmt: skip
+        from sbjax import parallel
+
         self.stacked = keys.ndim == 1
+        self.sharding = data_sharding(self.stacked, mesh)
+        parallel.check_batch(batch_size, self.sharding.mesh)
         keys = keys if self.stacked else keys[None]
         self.iterators = [train_iterator(split, seed_of(k), epoch, batch_size, transform.augmentation,
                                          transform.image_size) for k in keys]  # fmt: skip
         for iterator, state in zip(self.iterators, states or ()):
             iterator.set_state(state)
         self.mean, self.std = jnp.asarray(transform.mean, jnp.float32), jnp.asarray(transform.std, jnp.float32)
-        self.sharding = data_sharding(self.stacked)
 
     def __iter__(self) -> TrainFeed:
         return self
@@ -359,13 +365,15 @@ class TrainFeed:
             iterator.close()
 
 
-def eval_batches(split: StreamSplit, batch_size: int, transform: Transform) -> Iterator[tuple[jax.Array, ...]]:
+def eval_batches(split: StreamSplit, batch_size: int, transform: Transform,
+                 mesh: jax.sharding.Mesh | None = None) -> Iterator[tuple[jax.Array, ...]]:  # fmt: skip
     """``(x, y, valid)`` on the devices covering every example once, as :func:`sbjax.data.eval_batches`.
 
-    ``transform`` (the evaluation transform) runs on the device on the decoded uint8 batch.
+    ``transform`` (the evaluation transform) runs on the device on the decoded uint8 batch;
+    batches are split over ``mesh`` (see :func:`data_sharding`).
     """
-    sharding, fn = data_sharding(), _device_fn(transform)
-    iterator = eval_iterator(split, batch_size)
+    sharding, fn = data_sharding(mesh=mesh), _device_fn(transform)
+    iterator = eval_iterator(split, batch_size, sharding.mesh.devices.size)
     try:
         for x, y, valid in iterator:
             yield fn(place(x, sharding)), place(np.asarray(y, np.int32), sharding), place(valid, sharding)
