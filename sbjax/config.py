@@ -175,6 +175,11 @@ def _check_latency(latency: int | None) -> None:
         raise ConfigError(f"latency must be a positive batch size (128, say) or null, got {latency!r}")
 
 
+def _check_checkpoint_every(every: int) -> None:
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise ConfigError(f"checkpoint_every must be a number of steps >= 0 (0: at epoch ends only), got {every!r}")
+
+
 def _check_precision(precision: str) -> None:
     if precision not in precision_lib.PRECISIONS:
         choices = ", ".join(map(repr, precision_lib.PRECISIONS))
@@ -230,6 +235,10 @@ class ExperimentConfig:
             stored as the value.
         checkpoint_fingerprint: resolved: the checkpoint's recorded array digest and normalization
             (``sbjax.checkpoints.fingerprint``).
+        checkpoint_every: also save the finetuning state every this many steps within an epoch
+            (``sbjax.finetune.finetune_many``), so that a run killed mid-epoch resumes there; ``0``
+            (default): at epoch ends only. An execution setting, like ``models_per_job``: it
+            changes neither the results nor the id.
         data_fingerprint: resolved: what identifies the data's contents (``sbjax.setups.data_fingerprint``).
         nm: the N:M pattern ``"N:M"`` (``0 < N < M``) of an N:M strategy (``nm_magnitude``,
             ``nm_gradient``, ``nm_activation``, or a control of one), refused for other
@@ -272,6 +281,7 @@ class ExperimentConfig:
     precision: str = precision_lib.DEFAULT
     stream: bool | None = None
     calibration: int | None = None
+    checkpoint_every: int = 0
 
     def __post_init__(self):
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "finetune"}
@@ -279,6 +289,7 @@ class ExperimentConfig:
         if self.calibration is not None and self.calibration < 1:
             raise ConfigError(f"calibration must be a positive number of training examples or null, got {self.calibration!r}")
         _check_latency(self.latency)
+        _check_checkpoint_every(self.checkpoint_every)
         _check_precision(self.precision)
         object.__setattr__(self, "nm", _check_nm(self.nm, self.strategy))
         object.__setattr__(self, "finetune", _freeze(self.finetune))
@@ -397,7 +408,8 @@ class SweepConfig:
     every strategy's curve. ``checkpoints`` maps a model name to its checkpoint; ``scoring``
     and the finetuning settings are those of ``ExperimentConfig``. ``models_per_job``
     finetunes up to that many experiments of one model together
-    (``sbjax.finetune.finetune_many``); it changes neither the results nor the experiment ids.
+    (``sbjax.finetune.finetune_many``); it changes neither the results nor the experiment ids, nor
+    does ``checkpoint_every`` (see ``ExperimentConfig.checkpoint_every``).
     ``nm`` (``"N:M"``) is the pattern of the sweep's N:M strategies (``nm_*`` and controls of
     them), the others run without it; it needs at least one such strategy. An N:M strategy
     ignores the compression (its pattern fixes the density): each compression of the grid
@@ -430,6 +442,7 @@ class SweepConfig:
     precision: str = precision_lib.DEFAULT
     stream: bool | None = None
     calibration: int | None = None
+    checkpoint_every: int = 0
 
     def __post_init__(self):
         for field in ("datasets", "models", "strategies", "compressions", "seeds", "schedules"):
@@ -447,6 +460,7 @@ class SweepConfig:
                      paths=("data_dir",))  # fmt: skip
         _check_unique(self)
         _check_latency(self.latency)
+        _check_checkpoint_every(self.checkpoint_every)
         _check_precision(self.precision)
         object.__setattr__(self, "schedules", tuple(dict.fromkeys(_schedule(s) for s in self.schedules)))
         object.__setattr__(self, "checkpoints", tuple(sorted(tuple(p) for p in checkpoints)))
@@ -467,7 +481,7 @@ class SweepConfig:
         nm = {st: self.nm if self.nm is not None and _own_pattern(st) else None for st in self.strategies}
         common = dict(data_dir=self.data_dir, val_size=self.val_size, test_size=self.test_size, preset=self.preset,
                       finetune=self.finetune, score_batch=self.score_batch, scoring=self.scoring,
-                      precision=self.precision, stream=self.stream)  # fmt: skip
+                      precision=self.precision, stream=self.stream, checkpoint_every=self.checkpoint_every)  # fmt: skip
         timed = dict(latency=self.latency)
         calibration = {st: self.calibration if _calibrated(st) else None for st in self.strategies}
         out = []

@@ -326,6 +326,7 @@ def _train(setup: Setup, configs: list[ExperimentConfig], variables: list[Variab
                             [experiment_keys(config.seed)["finetune"] for config in configs],
                             transform_train=setup.transform(True), transform_eval=setup.transform(False),
                             updates=updates, checkpoint_dir=folder, precision=configs[0].precision,
+                            checkpoint_every=configs[0].checkpoint_every,
                             execution="sequential" if len(variables) == 1 else "auto")  # fmt: skip
     return [(r.variables, r.history, r.epochs, r.mask) for r in results]
 
@@ -503,7 +504,8 @@ def jobs(experiments: Sequence[ExperimentConfig], size: int) -> list[list[Experi
     """
     groups: dict[tuple, list[ExperimentConfig]] = {}
     for config in experiments:
-        groups.setdefault((setup_key(config), config.settings, config.schedule, config.precision), []).append(config)
+        key = (setup_key(config), config.settings, config.schedule, config.precision, config.checkpoint_every)
+        groups.setdefault(key, []).append(config)
     return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from sbjax import config as config_lib
-from sbjax import experiment, results
+from sbjax import experiment, results, setups
 
 SETS = [
     'models=["mlp"]',
@@ -139,3 +139,18 @@ def test_prune_json_on_the_embedded_dataset():
     assert result["params_total"] == 266_610
     assert result["compression"] == pytest.approx(8, rel=1e-3)
     assert 0 <= result["accuracy"]["pruned"]["top1"] <= 1 and result["accuracy"]["unpruned"]["top1"] >= 0
+
+
+def test_checkpoint_every_saves_within_epochs_and_changes_neither_rows_nor_ids(tmp_path):
+    base = dict(dataset="mnist5k", model="mlp", strategy="global_magnitude", compression=4, seed=0, test_size=100,
+                finetune={"epochs": 1, "steps_per_epoch": 4})  # fmt: skip
+    every, never = (setups.resolve(config_lib.ExperimentConfig(**base, checkpoint_every=n)) for n in (2, 0))
+    assert every.id == never.id
+    setup = setups.prepare(every)
+    rows = [experiment.run_experiment(setup, c, tmp_path / str(c.checkpoint_every)) for c in (every, never)]
+    within = tmp_path / "2" / "finetune" / "within-epoch"
+    assert [int(p.name) % 10**9 for p in within.iterdir() if p.name.isdigit()] == [2]  # step 2 (4 ends the epoch)
+    assert not (tmp_path / "0" / "finetune" / "within-epoch").exists()
+    for row in rows:
+        row.pop("wall_time"), row.pop("history")
+    assert rows[0] == rows[1]
