@@ -45,6 +45,7 @@ from sbjax import models, scoring, strategies
 from sbjax.config import REFERENCE, SETTING_COLUMNS, SETTING_DEFAULTS, ExperimentConfig, SweepConfig, parse_nm
 from sbjax.evaluate import evaluate
 from sbjax import schedules as schedules_lib
+from sbjax import precision as precision_lib
 from sbjax import stacked
 from sbjax import train as train_lib
 from sbjax.epochs import EpochStore, variables_of
@@ -224,10 +225,11 @@ def _structured(config: ExperimentConfig) -> bool:
 
 
 def accuracy(setup: Setup, variables: Variables, data: data_lib.ImageData,
-             precision: str = "float32") -> dict[str, float]:  # fmt: skip
-    """top-1, top-5 and mean loss over every example of ``data``, with the setup's step and transform
-    (computed in ``precision``)."""
-    eval_step = setup.eval_step if precision == "float32" else train_lib.eval_step_for(setup.model, precision)
+             precision: str = precision_lib.DEFAULT) -> dict[str, float]:  # fmt: skip
+    """top-1, top-5 and mean loss over every example of ``data``, with the model's evaluation step
+    (``sbjax.train.eval_step_for``, shared with finetuning's validation) and the setup's
+    transform, computed in ``precision``."""
+    eval_step = train_lib.eval_step_for(setup.model, precision)
     scores = evaluate(eval_step, variables, data, mean=setup.mean, std=setup.std,
                       transform=setup.transform(train=False))  # fmt: skip
     return {k: scores[k] for k in ("top1", "top5", "loss")}

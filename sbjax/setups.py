@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sbjax import checkpoints, models, scoring, train
+from sbjax import checkpoints, models, scoring
 from sbjax import data as data_lib
 from sbjax import selection as selection_lib
 from sbjax.config import ExperimentConfig
@@ -63,11 +63,6 @@ class Setup:
     def _transforms(self):
         make = functools.partial(data_lib.make_transform, self.spec.augmentation, self.mean, self.std)
         return {train: make(train, self.spec.image_size) for train in (False, True)}
-
-    @functools.cached_property
-    def eval_step(self):
-        """The jitted evaluation step of the model, built once per setup."""
-        return train.make_eval_step(train.make_predict_fn(self.model))
 
     @functools.cached_property
     def selection(self) -> selection_lib.Selection:
