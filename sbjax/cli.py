@@ -240,12 +240,14 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     _model_name(args)
     if models.task(args.model) == "lm" and args.strategy is not None:
         raise UserError(f"--strategy needs image data; {args.model} is a language model: count it unpruned")
+    if args.heads and not models.attention(args.model):
+        raise UserError(f"--heads is for models with attention; {args.model} has none")
     if args.strategy is None:
         model, variables, shape, num_classes = _unpruned(args)
         mask = None
     else:
         strategies.resolve(args.strategy)  # an unknown name fails before any work
-        shape = _parse_shape(args.input_shape) if args.input_shape else None
+        shape = _metrics_shape(args)
         setup, mask = _pruned_setup(args, num_classes=args.num_classes, shape=shape)
         model, variables, shape = setup.model, setup.variables, setup.input_shape
         num_classes = setup.train.num_classes

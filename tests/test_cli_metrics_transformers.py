@@ -44,6 +44,9 @@ def test_gpt2_per_sequence_at_seq_len_with_heads(capsys):
         (["--model", "gpt2", "--seq-len", "2048"], "--seq-len 2048 must be between 1 and gpt2's context length 1024"),
         (["--model", "resnet20", "--seq-len", "8"], "--seq-len is for language models; resnet20 reads images"),
         (["--model", "gpt2", "--strategy", "global_magnitude", "--compression", "2"], "gpt2 is a language model"),
+        (["--model", "resnet20", "--strategy", "random", "--compression", "2", "--seq-len", "8"],
+         "--seq-len is for language models; resnet20 reads images"),
+        (["--model", "resnet20", "--heads"], "--heads is for models with attention; resnet20 has none"),
     ],
 )
 def test_clear_errors(capsys, argv, message):
