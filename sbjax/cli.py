@@ -299,16 +299,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     sweep = config.load_sweep(args.config, args.sets)
     folder = args.results or f"results/{sweep.name}"
     shard = None if args.shard is None else shard_lib.parse(args.shard)
-    part = "" if shard is None else f" (shard {shard[0]}/{shard[1]})"
-    print(f"sbjax run: {len(sweep.experiments())} experiments of {sweep.name!r}{part} into {folder}", file=sys.stderr)
+    if args.ray is None and (args.ray_gpus, args.ray_cpus, args.ray_retries) != (None, None, None):
+        raise UserError("--ray-gpus, --ray-cpus and --ray-retries go with --ray ADDRESS")
+    part = "" if shard is None else f"shard {shard[0]}/{shard[1]} of "
+    print(f"sbjax run: {part}{len(sweep.experiments())} experiments of {sweep.name!r} into {folder}", file=sys.stderr)
     if args.ray is not None:
         from sbjax.launch import ray_sweep
 
         given = dict(gpus=args.ray_gpus, cpus=args.ray_cpus, max_retries=args.ray_retries)
         options = ray_sweep.RayOptions(args.ray, **{k: v for k, v in given.items() if v is not None})
         ray_sweep.run_sweep_ray(sweep, folder, options, shard=shard)
-    elif (args.ray_gpus, args.ray_cpus, args.ray_retries) != (None, None, None):
-        raise UserError("--ray-gpus, --ray-cpus and --ray-retries go with --ray ADDRESS")
     else:
         experiment.run_sweep(sweep, folder, shard=shard)
     return _report(folder, plot=True)
