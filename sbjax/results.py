@@ -8,7 +8,8 @@ Layout of a results folder::
         result.json     the result row, written last: its presence means "finished"
         log.jsonl       one line per finetuning epoch
         .lock           held while a process runs the experiment
-        finetune*/      resume state of an unfinished experiment (removed once its result is written)
+        finetune*/      resume state of an unfinished experiment: every sub-folder is, and is
+                        removed once the result is written
       results.csv       every row, with every setting of its experiment as a column
       summary.csv       means and deviations over seeds (``sbjax run`` / ``sbjax results``)
       report_card.txt   the evaluation checklist's problems (``sbjax run`` / ``sbjax results``)
